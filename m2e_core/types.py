@@ -1,0 +1,200 @@
+"""Typed results of an analysis.
+
+All are frozen dataclasses with ``to_dict()`` (JSON-ready) and ``from_dict()`` (the inverse),
+so an analysis written by the CLI can be re-opened by the app.
+
+Conventions: times in seconds from the start of the track; valence and arousal on the
+1-9 scale; tag probabilities in [0, 1] keyed by bare tag name in model order; chord labels
+in Harte syntax (``C:maj``, ``A:min7``, ``N``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Mode = Literal["major", "minor"]
+MODES: tuple[Mode, Mode] = ("major", "minor")
+
+
+@dataclass(frozen=True)
+class KeyEstimate:
+    """A key: tonic pitch name (sharps), mode, and the estimator's confidence in [0, 1]."""
+
+    tonic: str
+    mode: Mode
+    confidence: float
+
+    @property
+    def mode_index(self) -> int:
+        """The model's key input: major 0, minor 1."""
+        return MODES.index(self.mode)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tonic": self.tonic, "mode": self.mode, "confidence": float(self.confidence)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeyEstimate:
+        return cls(str(data["tonic"]), data["mode"], float(data["confidence"]))
+
+
+@dataclass(frozen=True)
+class ChordSpan:
+    """One chord over ``[start, end)`` seconds."""
+
+    start: float
+    end: float
+    label: str
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": round(float(self.start), 4), "end": round(float(self.end), 4), "label": self.label}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChordSpan:
+        return cls(float(data["start"]), float(data["end"]), str(data["label"]))
+
+
+@dataclass(frozen=True)
+class SegmentEmotion:
+    """Emotion of one segment (or of the whole track, with ``index = -1``)."""
+
+    index: int
+    start: float
+    end: float
+    valence: float
+    arousal: float
+    tags: dict[str, float] = field(hash=False)
+
+    def top_tags(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` most probable tags, most probable first."""
+        return sorted(self.tags.items(), key=lambda item: item[1], reverse=True)[:k]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "start": round(float(self.start), 4),
+            "end": round(float(self.end), 4),
+            "valence": float(self.valence),
+            "arousal": float(self.arousal),
+            "tags": {name: float(prob) for name, prob in self.tags.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentEmotion:
+        return cls(
+            int(data.get("index", -1)),
+            float(data["start"]),
+            float(data["end"]),
+            float(data["valence"]),
+            float(data["arousal"]),
+            {str(name): float(prob) for name, prob in data["tags"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class TrackEmotion:
+    """Whole-track emotion plus the tags selected by the decision rule."""
+
+    emotion: SegmentEmotion
+    selected_tags: tuple[str, ...]
+    decision_rule: str  # "thresholds" or "top-k"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.emotion.to_dict()
+        data["selected_tags"] = list(self.selected_tags)
+        data["decision_rule"] = self.decision_rule
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrackEmotion:
+        return cls(
+            SegmentEmotion.from_dict(data),
+            tuple(data.get("selected_tags", ())),
+            str(data.get("decision_rule", "top-k")),
+        )
+
+
+@dataclass(frozen=True)
+class ModelProvenance:
+    """Where a model came from: role in the pipeline, name, revision, file hash, source."""
+
+    role: str
+    name: str
+    revision: str | None = None
+    sha256: str | None = None
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "name": self.name,
+            "revision": self.revision,
+            "sha256": self.sha256,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelProvenance:
+        return cls(
+            str(data["role"]),
+            str(data["name"]),
+            data.get("revision"),
+            data.get("sha256"),
+            data.get("source"),
+        )
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything m2e says about one track.
+
+    ``segments`` and ``track`` are ``None`` when emotion recognition was switched off.
+    ``normalized_chords`` are the chords transposed so the key's tonic is C (major) or
+    A (minor): the form the model reads.
+    """
+
+    source: str
+    duration: float
+    key: KeyEstimate
+    chords: tuple[ChordSpan, ...]
+    normalized_chords: tuple[ChordSpan, ...]
+    segments: tuple[SegmentEmotion, ...] | None
+    track: TrackEmotion | None
+    provenance: tuple[ModelProvenance, ...]
+    version: str = "1"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "version": self.version,
+            "source": self.source,
+            "duration": round(float(self.duration), 4),
+            "key": self.key.to_dict(),
+            "chords": [chord.to_dict() for chord in self.chords],
+            "normalized_chords": [chord.to_dict() for chord in self.normalized_chords],
+            "provenance": [item.to_dict() for item in self.provenance],
+        }
+        if self.segments is not None:
+            data["segments"] = [segment.to_dict() for segment in self.segments]
+        if self.track is not None:
+            data["track"] = self.track.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Analysis:
+        segments = data.get("segments")
+        track = data.get("track")
+        return cls(
+            source=str(data["source"]),
+            duration=float(data["duration"]),
+            key=KeyEstimate.from_dict(data["key"]),
+            chords=tuple(ChordSpan.from_dict(item) for item in data["chords"]),
+            normalized_chords=tuple(ChordSpan.from_dict(item) for item in data.get("normalized_chords", [])),
+            segments=None if segments is None else tuple(SegmentEmotion.from_dict(s) for s in segments),
+            track=None if track is None else TrackEmotion.from_dict(track),
+            provenance=tuple(ModelProvenance.from_dict(p) for p in data.get("provenance", [])),
+            version=str(data.get("version", "1")),
+        )

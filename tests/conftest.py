@@ -1,0 +1,40 @@
+"""Shared test fixtures: synthetic audio and tiny models, made in the test session."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+# Tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def synth_chord_loop(
+    chords: list[list[int]],
+    *,
+    seconds_per_chord: float = 2.0,
+    sample_rate: int = 22_050,
+    repeats: int = 1,
+) -> np.ndarray:
+    """Additive-synthesis organ tones for a list of chords given as MIDI note lists."""
+    n = int(seconds_per_chord * sample_rate)
+    t = np.arange(n) / sample_rate
+    envelope = np.minimum(1.0, np.minimum(t / 0.02, (seconds_per_chord - t) / 0.05))
+    blocks = []
+    for notes in chords * repeats:
+        block = np.zeros(n)
+        for note in notes:
+            freq = 440.0 * 2 ** ((note - 69) / 12)
+            for harmonic, amp in ((1, 1.0), (2, 0.5), (3, 0.25), (4, 0.12)):
+                block += amp * np.sin(2 * np.pi * freq * harmonic * t)
+        blocks.append(block * envelope)
+    audio = np.concatenate(blocks)
+    return (0.3 * audio / np.max(np.abs(audio))).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def synth():
+    return synth_chord_loop
