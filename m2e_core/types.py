@@ -60,13 +60,17 @@ class ChordSpan:
 
 @dataclass(frozen=True)
 class SegmentEmotion:
-    """Emotion of one segment (or of the whole track, with ``index = -1``)."""
+    """Emotion of one segment (or of the whole track, with ``index = -1``).
+
+    ``valence``/``arousal`` are ``None`` and ``tags`` is empty when the checkpoint was not
+    trained for that task (a single-task teacher).
+    """
 
     index: int
     start: float
     end: float
-    valence: float
-    arousal: float
+    valence: float | None
+    arousal: float | None
     tags: dict[str, float] = field(hash=False)
 
     def top_tags(self, k: int) -> list[tuple[str, float]]:
@@ -78,8 +82,8 @@ class SegmentEmotion:
             "index": self.index,
             "start": round(float(self.start), 4),
             "end": round(float(self.end), 4),
-            "valence": float(self.valence),
-            "arousal": float(self.arousal),
+            "valence": None if self.valence is None else float(self.valence),
+            "arousal": None if self.arousal is None else float(self.arousal),
             "tags": {name: float(prob) for name, prob in self.tags.items()},
         }
 
@@ -89,8 +93,8 @@ class SegmentEmotion:
             int(data.get("index", -1)),
             float(data["start"]),
             float(data["end"]),
-            float(data["valence"]),
-            float(data["arousal"]),
+            None if data.get("valence") is None else float(data["valence"]),
+            None if data.get("arousal") is None else float(data["arousal"]),
             {str(name): float(prob) for name, prob in data["tags"].items()},
         )
 
