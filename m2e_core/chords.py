@@ -17,32 +17,33 @@ Chord tokens
 :func:`m2e_core.vocab.chord_qualities` (``N=0, maj=1, dim=2, sus4=3, min7=4, min=5, sus2=6,
 aug=7, dim7=8, maj6=9, hdim7=10, 7=11, min6=12, maj7=13``). It never raises on a string.
 
-========================================  =============================================
-label                                     result
-========================================  =============================================
-``N``, ``X``, empty, no readable root     ``(0, 0)`` (``X`` is mapped to ``N``)
-root spelling                             sharps: ``Bb -> A#``, ``Cb -> B``, ``Fb -> E``,
-                                          ``E# -> F``, ``B# -> C`` (upper-case letter)
-bare root (``C``)                         ``maj``
-``maj min dim aug sus2 sus4 7 maj7``      themselves
-``min7 dim7 hdim7 maj6 min6``
-``minmaj7``                               ``min``  (no minor-major 7th token; mir_eval's
-                                          reduction ``minmaj7 -> min + 7``)
-``9 / 11 / 13``                           ``7``    (extensions dropped, as mir_eval reduces
-``maj9 / maj11 / maj13``                  ``maj7``  extended chords)
-``min9 / min11 / min13``                  ``min7``
-``aug7``                                  ``aug``
-``1`` (root only), ``5`` (power chord)    ``maj``  (no third: nearest triad is major)
-``Q(...)`` added degrees, e.g. ``C:maj(9)``  the quality ``Q``
-``Q(*...)`` with omitted degrees          by intervals (below)
-``C:(1,b3,5)`` (intervals only)           by intervals (below)
-``/bass`` (``G:7/3``)                     ignored for the token (the bass is kept in
-                                          :func:`chord_pitch_classes`)
-common non-Harte spellings                ``m -> min``, ``M -> maj``, ``m7b5 -> hdim7``,
-(``Am``, ``C7``, ``Bbmaj7``)              ``6 -> maj6``, ``sus -> sus4``, ...
-unknown quality text                      its longest known prefix (``minor -> min``),
-                                          else by intervals
-========================================  =============================================
+==============================================  ==================================================
+label                                           result
+==============================================  ==================================================
+``N``, ``X``, empty, no readable root           ``(0, 0)`` (``X`` is mapped to ``N``)
+root spelling (upper-case letter)               sharps: ``Bb -> A#``, ``Cb -> B``, ``Fb -> E``,
+                                                ``E# -> F``, ``B# -> C``
+bare root (``C``)                               ``maj``
+``maj min dim aug sus2 sus4 7 maj7``            themselves
+``min7 dim7 hdim7 maj6 min6``                   themselves
+``minmaj7``                                     ``min`` (no minor-major 7th token; mir_eval
+                                                reduces it to ``min`` + 7th)
+``9``, ``11``, ``13``                           ``7`` (upper extensions dropped, as mir_eval
+                                                reduces extended chords)
+``maj9``, ``maj11``, ``maj13``                  ``maj7``
+``min9``, ``min11``, ``min13``                  ``min7``
+``aug7``                                        ``aug``
+``1`` (root only), ``5`` (power chord)          ``maj`` (no third: the nearest triad is major)
+added degrees, ``C:maj(9)``, ``C:sus4(b7)``     the quality before the parenthesis
+omitted degrees, ``C:7(*3)``                    by intervals (below)
+intervals only, ``C:(1,b3,5)``                  by intervals (below)
+bass, ``G:7/3``                                 ignored for the token (kept in
+                                                :func:`chord_pitch_classes`)
+non-Harte, ``Am``, ``C7``, ``Bbmaj7``           ``m -> min``, ``M -> maj``, ``m7b5 -> hdim7``,
+                                                ``6 -> maj6``, ``sus -> sus4``, ``minor -> min``
+unknown quality text, ``C:majestic``            its longest known prefix (``maj``), else by
+                                                intervals
+==============================================  ==================================================
 
 "By intervals": the chord's interval set (relative semitones, without the bass) is matched
 exactly against the vocabulary qualities; failing that, the nearest triad is taken: a minor
@@ -110,7 +111,7 @@ _DEGREE_RE = re.compile(r"^(\*?)([#b]*)(\d{1,2})$")
 #: Semitones of the scale degrees 1..13 above the root.
 _DEGREE_SEMITONES = {1: 0, 2: 2, 3: 4, 4: 5, 5: 7, 6: 9, 7: 11, 8: 12, 9: 14, 10: 16, 11: 17, 12: 19, 13: 21}
 
-#: Intervals of every Harte shorthand mir_eval knows, extensions included (mod 12).
+#: Intervals of every Harte shorthand (mir_eval's definitions, extensions included, mod 12).
 _SHORTHAND_INTERVALS: dict[str, frozenset[int]] = {
     "maj": frozenset({0, 4, 7}),
     "min": frozenset({0, 3, 7}),
@@ -225,7 +226,7 @@ def _parse(label: str) -> _Chord | None:
     if match is None:
         return None
     letter, accidentals = match.groups()
-    root = PITCH_CLASSES.index(letter.upper())
+    root = PITCH_CLASSES.index(letter)
     root += accidentals.count("#") + accidentals.count("\u266f")
     root -= accidentals.count("b") + accidentals.count("\u266d")
     root %= 12

