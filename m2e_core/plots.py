@@ -379,11 +379,7 @@ def va_plane(
                     )
                 )
     elif analysis is not None:
-        figure.add_annotation(
-            text="No emotion prediction for this track (emotion model not loaded)",
-            xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
-            font={"size": 13, "color": "#a33"}, bgcolor="rgba(255,255,255,0.85)",
-        )
+        title += "<br><sup style='color:#a33'>No emotion prediction for this track (emotion model not loaded)</sup>"
     _plane_layout(figure, valences, arousals, title=title, height=height)
     return figure
 
@@ -499,6 +495,7 @@ def chord_timeline(
     *,
     show_normalized: bool = True,
     selected_segment: int | None = None,
+    segments: Sequence[tuple[int, float, float]] | None = None,
     height: int | None = None,
 ) -> go.Figure:
     """Chords as bars on a time axis, with the analysis segments' boundaries.
@@ -511,6 +508,9 @@ def chord_timeline(
         Add a second row with the normalised chords the model reads.
     selected_segment : int, optional
         Index of a segment to shade.
+    segments : sequence of (index, start, end), optional
+        Segment boundaries to mark; default the analysis' emotion segments (none when
+        emotion was off).
     height : int, optional
         Figure height in pixels (default depends on the number of rows).
 
@@ -561,17 +561,16 @@ def chord_timeline(
     if not figure.data:
         figure.add_annotation(text="No chords detected", xref="paper", yref="paper", x=0.5, y=0.5,
                               showarrow=False)
-    segments = analysis.segments or ()
-    for segment in segments:
-        if segment.index == selected_segment:
-            figure.add_vrect(x0=segment.start, x1=segment.end, fillcolor=_HIGHLIGHT_COLOR, line_width=0,
-                             layer="below")
-        figure.add_vline(x=segment.start, line={"color": "#555", "width": 1, "dash": "dash"})
-        figure.add_annotation(x=segment.start, y=1.0, yref="paper", yanchor="bottom", xanchor="left",
-                              text=f"seg {segment.index + 1}", showarrow=False,
-                              font={"size": 10, "color": "#555"})
+    if segments is None:
+        segments = [(s.index, s.start, s.end) for s in analysis.segments or ()]
+    for index, start, end in segments:
+        if index == selected_segment:
+            figure.add_vrect(x0=start, x1=end, fillcolor=_HIGHLIGHT_COLOR, line_width=0, layer="below")
+        figure.add_vline(x=start, line={"color": "#555", "width": 1, "dash": "dash"})
+        figure.add_annotation(x=start, y=1.0, yref="paper", yanchor="bottom", xanchor="left",
+                              text=f"seg {index + 1}", showarrow=False, font={"size": 10, "color": "#555"})
     if segments:
-        figure.add_vline(x=max(s.end for s in segments), line={"color": "#555", "width": 1, "dash": "dash"})
+        figure.add_vline(x=max(end for _, _, end in segments), line={"color": "#555", "width": 1, "dash": "dash"})
     figure.update_layout(
         barmode="overlay",
         title={"text": (f"Key {analysis.key.tonic} {analysis.key.mode} "

@@ -93,7 +93,7 @@ def test_va_plane_widens_axes_instead_of_clipping():
 def test_va_plane_without_emotion_says_so_and_invents_nothing():
     figure = va_plane(_analysis(emotion=False))
     assert {t.name for t in figure.data} == {"tag anchors"}
-    assert any("No emotion prediction" in a.text for a in figure.layout.annotations)
+    assert "No emotion prediction" in figure.layout.title.text
     plain = va_plane(None)
     assert {t.name for t in plain.data} == {"tag anchors"}
 
@@ -167,6 +167,14 @@ def test_chord_timeline_bars_span_each_chord_and_mark_segments():
     assert "Key C major" in figure.layout.title.text
     only = chord_timeline(analysis, show_normalized=False)
     assert {row for t in only.data for row in t.y} == {"chords (C major)"}
+
+
+def test_chord_timeline_takes_explicit_segment_bounds():
+    analysis = _analysis(emotion=False)
+    figure = chord_timeline(analysis, segments=[(0, 0.0, 30.0), (1, 30.0, 40.0)], selected_segment=0)
+    assert sorted(s.x0 for s in figure.layout.shapes if s.type == "line") == [0.0, 30.0, 40.0]
+    assert [(s.x0, s.x1) for s in figure.layout.shapes if s.type == "rect"] == [(0.0, 30.0)]
+    assert not chord_timeline(analysis).layout.shapes
 
 
 def test_chord_timeline_without_segments_or_chords():
