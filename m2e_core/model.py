@@ -27,6 +27,7 @@ accepts another list, and the caller must then read tag names from the returned 
 
 from __future__ import annotations
 
+import _compat_pickle
 import contextlib
 import hashlib
 import json
@@ -396,7 +397,7 @@ class MultitaskEmotionModel(nn.Module):
         )
         chords = chords + self.positional_encoding[:, : chords.shape[1], :].to(chords.dtype)
         # The CLS token is prepended after the positional encoding, as in the published network.
-        cls_token = torch.zeros_like(chords[:, :1, :])
+        cls_token = chords.new_zeros(chords.shape[0], 1, chords.shape[2])
         encoded = self.chord_transformer(torch.cat((cls_token, chords), dim=1))
         features = torch.cat((mert.to(dtype), encoded[:, 0, :].to(dtype), mode.to(dtype)), dim=1)
         return self.input_proj(features)
@@ -488,10 +489,22 @@ def _atomic_target(target: Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def _expected_shapes(config: HeadsConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of the network ``config`` describes (built on the meta device: no memory, no RNG)."""
+    with torch.device("meta"):
+        skeleton = MultitaskEmotionModel.from_config(config)
+    return {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+
+
+def _untrained(config: HeadsConfig) -> MultitaskEmotionModel:
+    """A network to load weights into, built without touching the global random state."""
+    with torch.random.fork_rng(devices=[]):
+        return MultitaskEmotionModel.from_config(config)
+
+
 def _check_model_matches(model: MultitaskEmotionModel, config: HeadsConfig) -> None:
-    expected = MultitaskEmotionModel.from_config(config).state_dict()
     state = model.state_dict()
-    problems = _state_dict_problems(state, {name: tuple(t.shape) for name, t in expected.items()})
+    problems = _state_dict_problems(state, _expected_shapes(config))
     if problems:
         raise ConfigError(f"the model does not match its config: {problems}")
 
@@ -617,13 +630,13 @@ def load_heads(
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{weights_path}: not a readable safetensors file ({error})") from error
-    model = MultitaskEmotionModel.from_config(config)
-    problems = _state_dict_problems(state, {name: tuple(t.shape) for name, t in model.state_dict().items()})
+    problems = _state_dict_problems(state, _expected_shapes(config))
     if problems:
         raise CheckpointError(f"{weights_path} does not match the network its config describes: {problems}")
     not_float = sorted(name for name, tensor in state.items() if not tensor.is_floating_point())
     if not_float:
         raise CheckpointError(f"{weights_path}: tensors must be floating point: {not_float}")
+    model = _untrained(config)
     model.load_state_dict(state, strict=True)
     if strict_tags and "tags" in config.tasks and config.tag_names != tag_names():
         vocabulary = tag_names()
@@ -793,6 +806,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._allowed = _tensor_globals()
 
     def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles use Python 2 names (``commands``, ``__builtin__``): map them first.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         full_name = f"{module}.{name}"
         if _hostile(module, name):
             raise pickle.UnpicklingError(
@@ -994,10 +1012,11 @@ def import_upstream_checkpoint(
         raise CheckpointError(f"{path}: cannot tell the embedding width (input_proj.0.weight is missing or malformed)")
     embedding_dim = int(projection.shape[1]) - CHORD_MODEL_DIM - 1
     vocabulary = tag_names()
-    model = MultitaskEmotionModel(embedding_dim, num_tags=len(vocabulary))
-    problems = _state_dict_problems(state, {key: tuple(t.shape) for key, t in model.state_dict().items()})
+    shape_config = HeadsConfig(embedding_dim=embedding_dim, tag_names=vocabulary)
+    problems = _state_dict_problems(state, _expected_shapes(shape_config))
     if problems:
         raise CheckpointError(f"{path} does not match {ARCHITECTURE} with {embedding_dim}-d embeddings: {problems}")
+    model = _untrained(shape_config)
     model.load_state_dict(state, strict=True)
     provenance: dict[str, Any] = {
         "name": name or path.stem,
