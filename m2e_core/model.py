@@ -476,8 +476,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_target(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target``; moved onto it on success, removed on failure."""
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Write to the yielded temporary path beside ``target``; it replaces ``target`` on success
+    and is removed on failure, so readers never see a partial file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
@@ -542,11 +543,11 @@ def save_heads(model: MultitaskEmotionModel, config: HeadsConfig, path: str | os
     document = json.loads(config.to_json())
     state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     metadata = {"format": HEADS_FORMAT, "format_version": str(HEADS_FORMAT_VERSION), "architecture": ARCHITECTURE}
-    with _atomic_target(weights_path) as temporary:
+    with atomic_path(weights_path) as temporary:
         save_file(state, str(temporary), metadata=metadata)
         document["weights_file"] = weights_path.name
         document["weights_sha256"] = file_sha256(temporary)
-    with _atomic_target(config_path) as temporary:
+    with atomic_path(config_path) as temporary:
         temporary.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return weights_path
 
@@ -972,6 +973,8 @@ def import_upstream_checkpoint(
     out_path: str | os.PathLike[str],
     *,
     name: str | None = None,
+    source: str | None = None,
+    revision: str | None = None,
     tasks: Sequence[str] = TASKS,
 ) -> Path:
     """Convert a published Lightning checkpoint to our safetensors + JSON format.
@@ -988,6 +991,10 @@ def import_upstream_checkpoint(
         Where to write (``.safetensors``, ``.json`` or stem).
     name : str, optional
         Name recorded in the provenance (default: the checkpoint's file stem).
+    source : str, optional
+        Where the file came from, for the provenance (default: its file name).
+    revision : str, optional
+        Its revision (e.g. the Hub commit), for the provenance.
     tasks : sequence of str
         What the checkpoint was trained for (default both; a single-task teacher names one).
 
@@ -1020,9 +1027,9 @@ def import_upstream_checkpoint(
     model.load_state_dict(state, strict=True)
     provenance: dict[str, Any] = {
         "name": name or path.stem,
-        "source": path.name,
+        "source": source or path.name,
         "sha256": file_sha256(path),
-        "revision": None,
+        "revision": revision,
         "imported_from": "lightning-checkpoint",
         "dropped_keys": list(upstream.dropped_keys),
         "placeholder_globals": list(upstream.placeholder_globals),
