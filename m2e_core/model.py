@@ -776,15 +776,14 @@ def _tensor_globals() -> dict[str, Any]:
         function = getattr(torch_utils, name, None)
         if function is not None:
             allowed[f"torch._utils.{name}"] = _fresh_wrapper(function)
-    for name in dir(torch):
-        value = getattr(torch, name, None)
+    for name, value in vars(torch).items():
         if isinstance(value, torch.dtype):
             allowed[f"torch.{name}"] = value
     return allowed
 
 
 def _fresh_wrapper(function: Any) -> Any:
-    """A new function object per lookup, so the pickle cannot alter torch's own functions."""
+    """A new function object (one per unpickler), so a pickle's BUILD cannot alter torch's own."""
 
     def call(*args: Any) -> Any:
         return function(*args)
