@@ -213,12 +213,16 @@ class ExplorerApp:
     temp_root : Path, optional
         Parent of the per-request temporary directories (default: a fresh ``tempfile``
         directory removed at exit).
+    check_weights : bool, optional
+        Before the first analysis, report which weights are on disk (default: only for
+        :func:`default_analyzer_factory`, whose weights come from the environment).
     """
 
     def __init__(self, analyzer_factory: AnalyzerFactory = default_analyzer_factory, *,
                  label_store: LabelStore | None = None, temp_root: str | Path | None = None,
-                 max_file_age_s: float = 3600.0) -> None:
+                 max_file_age_s: float = 3600.0, check_weights: bool | None = None) -> None:
         self.shared = SharedAnalyzer(analyzer_factory)
+        self.check_weights = analyzer_factory is default_analyzer_factory if check_weights is None else check_weights
         self.labels = label_store or LabelStore()
         if temp_root is None:
             temp_root = tempfile.mkdtemp(prefix="m2e-app-")
@@ -244,7 +248,7 @@ class ExplorerApp:
         """What the models can do right now, with the missing weights and the fix."""
         analyzer = self.shared.loaded
         if analyzer is None:
-            return self._weights_on_disk_md()
+            return self._weights_on_disk_md() if self.check_weights else "Models load on the first analysis."
         if analyzer.emotion_enabled:
             return "Emotion model loaded: valence/arousal and mood/theme tags are predicted."
         return self._missing_md(self.shared.missing)
@@ -679,7 +683,7 @@ def build_demo(
                     export_scope = gr.Radio([("my labels", "mine"), ("all labels", "all")], value="mine",
                                             label="Which labels")
                     export_btn = gr.Button("Export labels")
-                export_file = gr.File(label="Label manifest", interactive=False)
+                export_file = gr.File(label="Label manifest", interactive=False, height=90)
                 gr.Markdown("Labels are appended to the server's label store; the newest label per "
                             "(track, segment, annotator) is exported, in the manifest format training reads.")
             with gr.Accordion("Analysis JSON", open=False):
@@ -786,10 +790,15 @@ def server_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
+def style() -> dict[str, Any]:
+    """The ``launch()`` arguments that style the page (Gradio 6 takes them there)."""
+    return {"theme": gr.themes.Soft(), "css": CSS}
+
+
 def main() -> None:
     """Build and launch the app with settings from the environment."""
     demo = build_demo()
-    demo.launch(**server_settings(), theme=gr.themes.Soft(), css=CSS)
+    demo.launch(**server_settings(), **style())
 
 
 if __name__ == "__main__":

@@ -216,10 +216,9 @@ def _plane_layout(figure: go.Figure, valences: Sequence[float], arousals: Sequen
         paper_bgcolor="white",
         legend={"orientation": "h", "yanchor": "top", "y": -0.13, "x": 0.0},
         xaxis={"title": {"text": "valence (negative → positive)"}, "range": x_range, "dtick": 1,
-               "gridcolor": "#eee", "zeroline": False, "constrain": "domain"},
+               "gridcolor": "#eee", "zeroline": False},
         yaxis={"title": {"text": "arousal (calm → energetic)"}, "range": y_range, "dtick": 1,
-               "gridcolor": "#eee", "zeroline": False, "scaleanchor": "x", "scaleratio": 1,
-               "constrain": "domain"},
+               "gridcolor": "#eee", "zeroline": False},
     )
 
 
@@ -444,7 +443,7 @@ def tag_bars(
                 hovertemplate="threshold for %{y}: %{x:.2f}<extra></extra>",
             )
         )
-    heading = title or f"Top mood/theme tags ({segment_name(emotion)})"
+    heading = title or f"Top mood/theme tags: {segment_name(emotion)}"
     figure.update_layout(
         title={"text": f"{heading}<br><sup>selected by {decision.describe()}</sup>", "x": 0.01,
                "font": {"size": 15}},

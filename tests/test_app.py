@@ -38,7 +38,7 @@ def audio_files(tmp_path_factory):
     major = root / "c_major.wav"
     minor = root / "a_minor.flac"
     sf.write(major, synth_chord_loop(C_MAJOR_LOOP, repeats=5), RATE)  # 40 s: segments 0-30, 30-40
-    sf.write(minor, synth_chord_loop(A_MINOR_LOOP, repeats=6, seconds_per_chord=1.5), RATE)  # 36 s
+    sf.write(minor, synth_chord_loop(A_MINOR_LOOP, repeats=2, seconds_per_chord=1.5), RATE)  # 12 s: one segment
     bad = root / "not_audio.wav"
     bad.write_bytes(b"this is a text file, not a wave file\n" * 20)
     return major, minor, bad
@@ -95,14 +95,14 @@ def test_analyze_shows_key_chords_emotion_and_segments(explorer, major_page, aud
                                         ("segment 2 (0:30-0:40)", 1)]
     assert page.view.segment_audio == str(audio_files[0])
     saved = Analysis.from_dict(json.loads(Path(page.json_file).read_text()))
-    assert saved == analysis and page.raw == analysis.to_dict()
+    assert saved.to_dict() == page.raw == analysis.to_dict()
     assert Path(page.json_file).parent.parent == explorer.temp_root
 
 
-def test_each_request_gets_its_own_directory(explorer, audio_files):
-    first = explorer.analyze(str(audio_files[1]))
-    second = explorer.load_analysis(first.json_file)
-    assert Path(first.json_file).parent != Path(second.json_file).parent
+def test_each_request_gets_its_own_directory(explorer, major_page):
+    first = explorer.load_analysis(major_page.json_file)
+    second = explorer.load_analysis(major_page.json_file)
+    assert len({Path(p.json_file).parent for p in (major_page, first, second)}) == 3
     assert Path(first.json_file).read_text() == Path(second.json_file).read_text()
 
 
@@ -140,6 +140,7 @@ def test_tag_rules_are_user_adjustable(explorer, major_page):
         explorer.view(loaded, TRACK, "best", 5, 0.5)
 
 
+@pytest.mark.slow
 def test_load_analysis_written_by_the_cli(explorer, audio_files, tiny_models, tmp_path):
     from m2e_core.cli import main as cli_main
 
@@ -164,7 +165,7 @@ def test_load_analysis_batch_json_and_bad_files(explorer, major_page, tmp_path):
     batch = tmp_path / "batch.json"
     batch.write_text(json.dumps({"tracks": [major_page.raw, major_page.raw], "failed": []}))
     page = explorer.load_analysis(str(batch))
-    assert "holds 2 tracks" in page.status_md and page.state.analysis == major_page.state.analysis
+    assert "holds 2 tracks" in page.status_md and page.raw == major_page.raw
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
     with pytest.raises(ConfigError, match="not a JSON file"):
@@ -238,9 +239,10 @@ def test_concurrent_label_saves_through_the_handler(explorer, major_page, tmp_pa
         assert [r.valence for r in records if r.annotator == f"user{n}"] == [1.0 + i * 0.5 for i in range(15)]
     rows = read_manifest(labeller.export_labels("jsonl", "all", ""))
     assert len(rows) == 8  # newest per (track, segment, annotator): 4 annotators x 2 segments
-    assert {(r.segment, r.valence) for r in rows} == {(0, 7.0), (1, 7.5)}
+    assert {(r.segment, r.valence) for r in rows} == {(0, 8.0), (1, 7.5)}  # i = 14 and i = 13
 
 
+@pytest.mark.slow
 def test_batch_table_csv_json_and_plane(explorer, audio_files, tmp_path):
     table, csv_path, json_path, figure, status = explorer.batch([str(p) for p in audio_files])
     assert list(table["file"]) == ["c_major.wav", "a_minor.flac", "not_audio.wav"]
@@ -253,7 +255,7 @@ def test_batch_table_csv_json_and_plane(explorer, audio_files, tmp_path):
     assert payload["failed"][0]["source"] == "not_audio.wav"
     points = _trace(figure, "tracks")
     assert list(points.text) == ["c_major.wav", "a_minor.flac"]
-    assert list(points.x) == [pytest.approx(v) for v in table["valence"][:2]]
+    assert list(points.x) == [pytest.approx(v, abs=1e-3) for v in table["valence"][:2]]
     reopened = explorer.load_analysis(json_path)
     assert reopened.state.analysis.source == "c_major.wav"
     with pytest.raises(AudioDecodeError, match="no files"):
@@ -296,6 +298,7 @@ def test_default_factory_falls_back_to_key_and_chords_without_weights(no_weights
     assert explorer.shared.get() is analyzer  # built once
 
 
+@pytest.mark.slow
 def test_without_weights_key_chords_and_labelling_still_work(no_weights_env, chord_backend, audio_files):
     def factory(*, emotion: bool = True) -> Analyzer:
         return Analyzer(chords=chord_backend, emotion=emotion, allow_download=False)
@@ -311,14 +314,14 @@ def test_without_weights_key_chords_and_labelling_still_work(no_weights_env, cho
     assert "not predicted" in page.summary_md
     assert {t.name for t in page.view.va_plot.data} == {"tag anchors"}  # no made-up emotion
     assert not page.view.tag_plot.data
-    assert page.state.spans == ((0, 0.0, 30.0), (1, 30.0, 36.0))
-    assert page.selector["choices"][-1] == ("segment 2 (0:30-0:36)", 1)
-    view = explorer.view(page.state, 1, "analysed", 5, 0.5)
+    assert page.state.spans == ((0, 0.0, 12.0),)  # the pipeline's segmentation, for labelling
+    assert page.selector["choices"][-1] == ("segment 1 (0:00-0:12)", 0)
+    view = explorer.view(page.state, 0, "analysed", 5, 0.5)
     assert "no emotion prediction" in view.segment_md and view.label_tags == []
-    assert len(view.segment_audio[1]) == 6 * RATE
-    explorer.save_label(page.state, 1, True, 3.0, 7.0, ["dark"], "ann")
-    assert read_manifest(explorer.export_labels("csv", "mine", "ann"))[0].segment == 1
-    table, _, _, figure, status = explorer.batch([str(audio_files[0])])
+    assert len(view.segment_audio[1]) == 12 * RATE
+    explorer.save_label(page.state, 0, True, 3.0, 7.0, ["dark"], "ann")
+    assert read_manifest(explorer.export_labels("csv", "mine", "ann"))[0].segment == 0
+    table, _, _, figure, status = explorer.batch([str(audio_files[1])])
     assert table["valence"].isna().all() and "Running without the emotion model" in status
     assert not figure.data
 

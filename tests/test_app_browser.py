@@ -39,7 +39,7 @@ def _free_port() -> int:
 def app_url(tiny_models, chord_backend, tmp_path_factory):
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from app import build_demo
+    from app import build_demo, style
     from m2e_core.labels import LabelStore
     from m2e_core.pipeline import Analyzer
 
@@ -52,7 +52,8 @@ def app_url(tiny_models, chord_backend, tmp_path_factory):
     root = tmp_path_factory.mktemp("browser-app")
     demo = build_demo(factory, label_store=LabelStore(root / "labels"), temp_root=root / "tmp")
     port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True,
+                **style())
     yield f"http://127.0.0.1:{port}/", root / "labels"
     demo.close()
 
@@ -80,7 +81,7 @@ def test_upload_analyze_explore_and_label_in_the_browser(app_url, tmp_path):
             assert va_points.count() >= 56 + 2 + 1  # tag anchors, two segments, the track
             chord_bars = page.locator("#m2e-chord-plot .barlayer .point")
             assert chord_bars.count() >= 2 * 20  # two rows of at least 20 chords
-            bar_texts = page.locator("#m2e-chord-plot .barlayer text").all_inner_texts()
+            bar_texts = page.locator("#m2e-chord-plot .barlayer text").all_text_contents()
             assert {"C:maj", "G:maj", "A:min", "F:maj"} <= set(bar_texts)
             page.wait_for_selector("#m2e-tag-plot .js-plotly-plot .barlayer .point", timeout=60_000)
             expect(page.locator("#m2e-summary")).to_contain_text("C major")
