@@ -41,7 +41,9 @@ def audio_files(tmp_path_factory):
     sf.write(minor, synth_chord_loop(A_MINOR_LOOP, repeats=2, seconds_per_chord=1.5), RATE)  # 12 s: one segment
     bad = root / "not_audio.wav"
     bad.write_bytes(b"this is a text file, not a wave file\n" * 20)
-    return major, minor, bad
+    short_major = root / "c_major_short.ogg"
+    sf.write(short_major, synth_chord_loop(C_MAJOR_LOOP, repeats=2, seconds_per_chord=1.5), RATE)  # 12 s
+    return major, minor, bad, short_major
 
 
 @pytest.fixture(scope="module")
@@ -244,20 +246,20 @@ def test_concurrent_label_saves_through_the_handler(explorer, major_page, tmp_pa
 
 @pytest.mark.slow
 def test_batch_table_csv_json_and_plane(explorer, audio_files, tmp_path):
-    table, csv_path, json_path, figure, status = explorer.batch([str(p) for p in audio_files])
-    assert list(table["file"]) == ["c_major.wav", "a_minor.flac", "not_audio.wav"]
-    assert list(table["key"][:2]) == ["C major", "A minor"]
-    assert table["error"][2] and not table["error"][0]
+    table, csv_path, json_path, figure, status = explorer.batch([str(p) for p in audio_files[3:0:-1]])
+    assert list(table["file"]) == ["c_major_short.ogg", "not_audio.wav", "a_minor.flac"]
+    assert list(table["key"]) == ["C major", "", "A minor"]
+    assert table["error"][1] and not table["error"][0] and not table["error"][2]
     assert "2 of 3 files analysed" in status and "not_audio.wav" in status
     assert pd.read_csv(csv_path, keep_default_na=False)["file"].tolist() == list(table["file"])
     payload = json.loads(Path(json_path).read_text())
-    assert [t["source"] for t in payload["tracks"]] == ["c_major.wav", "a_minor.flac"]
+    assert [t["source"] for t in payload["tracks"]] == ["c_major_short.ogg", "a_minor.flac"]
     assert payload["failed"][0]["source"] == "not_audio.wav"
     points = _trace(figure, "tracks")
-    assert list(points.text) == ["c_major.wav", "a_minor.flac"]
-    assert list(points.x) == [pytest.approx(v, abs=1e-3) for v in table["valence"][:2]]
+    assert list(points.text) == ["c_major_short.ogg", "a_minor.flac"]
+    assert list(points.x) == [pytest.approx(v, abs=1e-3) for v in table["valence"][[0, 2]]]
     reopened = explorer.load_analysis(json_path)
-    assert reopened.state.analysis.source == "c_major.wav"
+    assert reopened.state.analysis.source == "c_major_short.ogg"
     with pytest.raises(AudioDecodeError, match="no files"):
         explorer.batch([])
 
@@ -366,13 +368,13 @@ def served(tiny_factory, tmp_path_factory):
     demo = build_demo(tiny_factory, label_store=LabelStore(root / "labels"), temp_root=root / "tmp")
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False,
-                quiet=True, max_file_size="20mb")
+                quiet=True, max_file_size="5mb")
     yield demo, f"http://127.0.0.1:{port}/"
     demo.close()
 
 
 @pytest.mark.slow
-def test_gradio_client_analyze_label_and_export(served, audio_files):
+def test_gradio_client_analyze_label_and_export(served, audio_files, tmp_path):
     from gradio_client import Client, handle_file
 
     demo, url = served
@@ -380,18 +382,27 @@ def test_gradio_client_analyze_label_and_export(served, audio_files):
     endpoints = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
     assert {"/analyze", "/load_analysis", "/select_segment", "/update_tags", "/save_label", "/export_labels",
             "/batch", "/model_status"} <= endpoints
-    result = client.predict(handle_file(str(audio_files[0])), "analysed", 5, 0.5, api_name="/analyze")
+    result = client.predict(handle_file(str(audio_files[3])), "analysed", 5, 0.5, api_name="/analyze")
     raw = result[-1]
-    assert raw["source"] == "c_major.wav" and raw["key"]["tonic"] == "C" and len(raw["segments"]) == 2
+    assert raw["source"] == "c_major_short.ogg" and raw["key"]["tonic"] == "C" and len(raw["segments"]) == 1
     assert Analysis.from_dict(json.loads(Path(result[-2]).read_text())).to_dict() == raw
-    saved = client.predict(1, True, 7.0, 2.0, ["calm"], "api-user", api_name="/save_label")
-    assert "Saved label for segment 2 of c_major.wav" in saved
+    segment = client.predict(0, "analysed", 5, 0.5, api_name="/select_segment")
+    assert "**Segment 1** (0:00-0:12)" in segment[3]
+    assert list(segment[5:7]) == [pytest.approx(raw["segments"][0][name], abs=0.051) for name in ("valence", "arousal")]
+    retagged = client.predict(0, "top-k", 2, 0.5, api_name="/update_tags")
+    assert "top-2" in retagged[3]
+    saved = client.predict(0, True, 7.0, 2.0, ["calm"], "api-user", api_name="/save_label")
+    assert "Saved label for segment 1 of c_major_short.ogg" in saved
     manifest = client.predict("csv", "mine", "api-user", api_name="/export_labels")
     rows = read_manifest(manifest)
-    assert [(r.valence, r.arousal, r.tags, r.segment) for r in rows] == [(7.0, 2.0, ("calm",), 1)]
-    assert Path(rows[0].path).read_bytes() == audio_files[0].read_bytes()
+    assert [(r.valence, r.arousal, r.tags, r.segment) for r in rows] == [(7.0, 2.0, ("calm",), 0)]
+    assert Path(rows[0].path).read_bytes() == audio_files[3].read_bytes()
     with pytest.raises(Exception, match="cannot decode"):
         client.predict(handle_file(str(audio_files[2])), "analysed", 5, 0.5, api_name="/analyze")
+    too_big = tmp_path / "too_big.wav"
+    sf.write(too_big, np.zeros(RATE * 70, dtype=np.float32), RATE, subtype="FLOAT")  # 6.2 MB > 5 MB
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(too_big)), "analysed", 5, 0.5, api_name="/analyze")
 
 
 @pytest.mark.slow
@@ -401,8 +412,8 @@ def test_two_concurrent_clients_get_their_own_results(served, audio_files):
     _, url = served
     first, second = Client(url, verbose=False), Client(url, verbose=False)
     jobs = [
-        (first.submit(handle_file(str(audio_files[0])), "analysed", 5, 0.5, api_name="/analyze"), "c_major.wav",
-         ("C", "major")),
+        (first.submit(handle_file(str(audio_files[3])), "analysed", 5, 0.5, api_name="/analyze"),
+         "c_major_short.ogg", ("C", "major")),
         (second.submit(handle_file(str(audio_files[1])), "analysed", 5, 0.5, api_name="/analyze"), "a_minor.flac",
          ("A", "minor")),
     ]
