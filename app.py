@@ -248,22 +248,25 @@ class ExplorerApp:
         """What the models can do right now, with the missing weights and the fix."""
         analyzer = self.shared.loaded
         if analyzer is None:
-            return self._weights_on_disk_md() if self.check_weights else "Models load on the first analysis."
+            if not self.check_weights:
+                return "Models load on the first analysis."
+            missing = self.missing_weights()
+            if not missing:
+                return "Models are on disk and load on the first analysis."
+            if not _env_flag("M2E_OFFLINE"):
+                return ("Not on disk yet (downloaded on the first analysis if this server can reach the "
+                        f"Hugging Face Hub; otherwise run `{DOWNLOAD_COMMAND}`):\n\n- " + "\n- ".join(missing))
+            return self._missing_md(missing)
         if analyzer.emotion_enabled:
             return "Emotion model loaded: valence/arousal and mood/theme tags are predicted."
-        return self._missing_md(self.shared.missing)
+        reason = self.shared.missing or "the emotion model was switched off"
+        on_disk = self.missing_weights() if self.check_weights else []
+        # The error that stopped loading first (e.g. "cannot reach huggingface.co"), then
+        # everything else that is absent, without repeating it.
+        return self._missing_md([reason] + [item for item in on_disk if reason not in item])
 
-    @staticmethod
-    def _missing_md(reason: str | None) -> str:
-        detail = reason or "the emotion model was switched off"
-        return (
-            "<div class='m2e-warning'>\n\n**Running without the emotion model**: key, chords and "
-            f"labelling work; no valence/arousal or tags are predicted.\n\nMissing: {detail}\n\n"
-            f"Fetch the weights with `{DOWNLOAD_COMMAND}` (or set `M2E_ENCODER` and "
-            "`M2E_CHECKPOINT`), then restart the app.\n</div>"
-        )
-
-    def _weights_on_disk_md(self) -> str:
+    def missing_weights(self) -> list[str]:
+        """One line per emotion model (from the environment) that is not on disk."""
         from m2e_core.weights import resolve_encoder, resolve_heads
 
         missing = []
@@ -275,12 +278,17 @@ class ExplorerApp:
                 resolve(value, allow_download=False)
             except WeightsNotFoundError as error:
                 missing.append(f"{name}: {error}")
-        if not missing:
-            return "Models are on disk and load on the first analysis."
-        if not _env_flag("M2E_OFFLINE"):
-            return ("Not on disk yet (downloaded on the first analysis if this server can reach the "
-                    f"Hugging Face Hub; otherwise run `{DOWNLOAD_COMMAND}`):\n\n- " + "\n- ".join(missing))
-        return self._missing_md("; ".join(missing))
+        return missing
+
+    @staticmethod
+    def _missing_md(reasons: Sequence[str]) -> str:
+        items = "\n".join(f"- {reason}" for reason in reasons)
+        return (
+            "<div class='m2e-warning'>\n\n**Running without the emotion model**: key, chords and "
+            f"labelling work; no valence/arousal or tags are predicted.\n\nMissing:\n\n{items}\n\n"
+            f"Fetch the weights with `{DOWNLOAD_COMMAND}` (or set `M2E_ENCODER` and "
+            "`M2E_CHECKPOINT`), then restart the app.\n</div>"
+        )
 
     def _thresholds(self) -> dict[str, float] | None:
         analyzer = self.shared.loaded

@@ -321,6 +321,7 @@ class LabelStore:
 
     @property
     def lock_path(self) -> Path:
+        """The lock file every reader and writer takes (``flock``) around file access."""
         return self.directory / (self.FILE_NAME + ".lock")
 
     @contextmanager

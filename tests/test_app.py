@@ -292,12 +292,15 @@ def test_default_factory_falls_back_to_key_and_chords_without_weights(no_weights
     explorer = ExplorerApp(label_store=LabelStore(no_weights_env / "labels"), temp_root=no_weights_env / "t")
     before = explorer.mode_md()
     assert "Running without the emotion model" in before and app.DOWNLOAD_COMMAND in before
+    assert "- MERT encoder: " in before and "- emotion heads: " in before
     with pytest.raises(WeightsNotFoundError):
         app.default_analyzer_factory(emotion=True)
     analyzer = explorer.shared.get()
     assert not analyzer.emotion_enabled and analyzer.encoder is None
     assert "python -m m2e_core download" in explorer.shared.missing
     assert explorer.shared.get() is analyzer  # built once
+    after = explorer.mode_md()
+    assert after.count("\n- ") == 2 and "- emotion heads: " in after  # everything missing, not the first
 
 
 @pytest.mark.slow
@@ -312,7 +315,7 @@ def test_without_weights_key_chords_and_labelling_still_work(no_weights_env, cho
     assert analysis.track is None and analysis.segments is None
     assert (analysis.key.tonic, analysis.key.mode) == ("A", "minor")
     assert "Running without the emotion model" in page.status_md and app.DOWNLOAD_COMMAND in page.status_md
-    assert "Missing: " in page.status_md
+    assert "Missing:\n\n- " in page.status_md
     assert "not predicted" in page.summary_md
     assert {t.name for t in page.view.va_plot.data} == {"tag anchors"}  # no made-up emotion
     assert not page.view.tag_plot.data
