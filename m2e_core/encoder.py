@@ -81,6 +81,21 @@ _REQUIRED_FIELDS = (
     "conv_kernel",
     "conv_stride",
 )
+#: Config entries that are bookkeeping or runtime switches, not architecture: never copied.
+_NOT_ARCHITECTURE = frozenset(
+    {
+        "transformers_version",
+        "architectures",
+        "_name_or_path",
+        "model_type",
+        "dtype",
+        "output_hidden_states",
+        "output_attentions",
+        "return_dict",
+    }
+)
+#: A Hub model id (``owner/name``), as opposed to a local path, in a config's ``_name_or_path``.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 #: Checkpoint keys the model does not need at inference (the SpecAugment mask vector).
 _UNUSED_AT_INFERENCE = frozenset({"masked_spec_embed"})
 _POS_CONV = "encoder.pos_conv_embed.conv"
@@ -166,7 +181,7 @@ def hubert_config_from_mert(config: Mapping[str, Any]) -> HubertConfig:
             f"encoder config has num_hidden_layers={layers!r}; the embedding needs hidden states "
             f"{MERT_HIDDEN_STATE_INDICES}, so at least {MERT_LAYERS_NEEDED} layers"
         )
-    known = set(HubertConfig().to_dict()) - {"transformers_version", "architectures", "_name_or_path", "model_type"}
+    known = set(HubertConfig().to_dict()) - _NOT_ARCHITECTURE
     fields = {name: value for name, value in config.items() if name in known}
     fields.update(apply_spec_augment=False, mask_time_prob=0.0, mask_feature_prob=0.0)
     try:
@@ -466,10 +481,12 @@ class MertEncoder:
         device : str or torch.device, optional
             ``"cpu"`` (default) or ``"cuda"``.
         fast : bool
-            Run under bfloat16 autocast (faster; embeddings differ slightly from exact fp32).
+            Run under bfloat16 autocast: embeddings differ slightly from exact fp32 (cosine
+            > 0.99). Faster on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX); on CPUs
+            without it (AVX2 only) bf16 is emulated and many times slower than fp32.
         name, revision : str, optional
             Recorded in :attr:`provenance`; the name defaults to the config's ``_name_or_path``
-            or the directory name.
+            when that is a Hub id, else to the directory name.
         batch_size : int
             Most segments of equal length run through the model at once.
 
@@ -502,7 +519,10 @@ class MertEncoder:
         sample_rate, do_normalize = _preprocessing(path, raw_config)
         weights = _weights_file(path)
         model = _build_model(config, read_checkpoint(weights), MERT_LAYERS_NEEDED)
-        label = name or raw_config.get("_name_or_path") or path.resolve().name
+        recorded = raw_config.get("_name_or_path")
+        if not (isinstance(recorded, str) and _HUB_ID.match(recorded)):
+            recorded = None  # a path on the machine that saved the config says nothing here
+        label = name or recorded or path.resolve().name
         provenance = ModelProvenance(
             role="encoder", name=str(label), revision=revision, sha256=_sha256(weights), source=str(path)
         )
@@ -520,8 +540,10 @@ class MertEncoder:
         array = np.asarray(samples)
         if array.ndim != 1:
             raise InvalidAudioError(f"segment {position} must be a 1-D mono waveform, got shape {array.shape}")
-        if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
-            raise InvalidAudioError(f"segment {position} has non-numeric dtype {array.dtype}")
+        if not np.issubdtype(array.dtype, np.floating):
+            raise InvalidAudioError(
+                f"segment {position} has dtype {array.dtype}; expected float samples in [-1, 1]"
+            )
         if len(array) < self.min_samples:
             raise AudioTooShortError(
                 f"segment {position} has {len(array)} samples; the encoder needs at least "
@@ -540,7 +562,7 @@ class MertEncoder:
         """Embeddings ``(B, embedding_dim)`` of equal-length waveforms ``(B, T)``."""
         inputs = torch.from_numpy(batch).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast):
-            outputs = self.model(inputs, output_hidden_states=True)
+            outputs = self.model(inputs, output_hidden_states=True, return_dict=True)
         hidden = outputs.hidden_states
         pooled = [hidden[index].float().mean(dim=1) for index in self.hidden_state_indices]
         return torch.cat(pooled, dim=-1)

@@ -153,6 +153,21 @@ def test_tiny_encoder_attributes(encoder, tiny_dir):
     assert (named.name, named.revision) == ("m-a-p/MERT-v1-95M", "abc123")
 
 
+def test_provenance_name_ignores_local_paths_in_config(tiny_dir, tmp_path):
+    directory = _copy_dir(tiny_dir, tmp_path / "my-mert")
+    _rewrite_json(directory / CONFIG_FILE, _name_or_path="/data/checkpoints/run7")
+    assert MertEncoder.from_pretrained(directory).provenance.name == "my-mert"
+    _rewrite_json(directory / CONFIG_FILE, _name_or_path="m-a-p/MERT-v1-95M")
+    assert MertEncoder.from_pretrained(directory).provenance.name == "m-a-p/MERT-v1-95M"
+
+
+def test_runtime_switches_in_config_are_ignored(encoder, tiny_dir, tmp_path):
+    directory = _copy_dir(tiny_dir, tmp_path / "switches")
+    _rewrite_json(directory / CONFIG_FILE, return_dict=False, output_hidden_states=False, dtype="float16")
+    segments = [_waveform(1.0, seed=12)]
+    np.testing.assert_array_equal(MertEncoder.from_pretrained(directory).embed(segments), encoder.embed(segments))
+
+
 def test_thirty_second_segment_is_fast(encoder):
     segment = _waveform(30.0, seed=3)
     encoder.embed([segment])
@@ -522,6 +537,8 @@ def test_short_and_invalid_input(encoder):
         encoder.embed([broken])
     with pytest.raises(InvalidAudioError, match="dtype"):
         encoder.embed([np.array(["a"] * 500)])
+    with pytest.raises(InvalidAudioError, match="int16"):
+        encoder.embed([np.zeros(24000, np.int16)])
 
 
 def test_concurrent_embedding_matches_sequential(encoder):
