@@ -524,6 +524,10 @@ class DistributedContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def shard(self, items: Sequence[Any]) -> list[Any]:
+        """This rank's items: every ``world_size``-th, starting at ``rank`` (disjoint across ranks)."""
+        return [item for position, item in enumerate(items) if position % self.world_size == self.rank]
+
     def barrier(self) -> None:
         """Wait for every rank (a no-op in a single process)."""
         if not self.distributed:
@@ -595,7 +599,7 @@ def extract_features(
     work: list[tuple[str, TrackRecord]] = [
         (dataset.name, track) for dataset in datasets for track in dataset.tracks
     ]
-    shard = [item for position, item in enumerate(work) if position % context.world_size == context.rank]
+    shard = context.shard(work)
     previous = {name: cache.read_index(name, settings) for name in names}
     records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     failed: list[tuple[str, str]] = []

@@ -11,7 +11,8 @@ Distillation variants (``kd_variant``)
 --------------------------------------
 ``"bernoulli"`` (default)
     Tags: per-tag Bernoulli KL(teacher || student) between ``sigmoid(logit / T)``, averaged over
-    batch and tags, times ``T**2``. Each tag is an independent yes/no decision, which is what a
+    batch and tags, times ``T**2``. Tags without a single positive in the teacher's training
+    data are left out (``tag_mask``): the teacher learnt nothing about them. Each tag is an independent yes/no decision, which is what a
     sigmoid output means. VA: mean squared error between student and teacher outputs.
 ``"upstream"``
     As the published training code: KL(softmax(teacher / T) || softmax(student / T)) over the
@@ -53,6 +54,11 @@ class TagClassWeights:
 
     def to(self, device: torch.device | str) -> TagClassWeights:
         return TagClassWeights(self.frequency.to(device), self.pos_weight.to(device), self.weight.to(device))
+
+    @property
+    def trained(self) -> torch.Tensor:
+        """Boolean mask of the tags with at least one positive."""
+        return self.frequency > MIN_TAG_FREQUENCY
 
 
 def tag_class_weights(tag_targets: np.ndarray | torch.Tensor) -> TagClassWeights:
@@ -99,8 +105,12 @@ def softmax_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float 
     return kl * temperature**2
 
 
-def bernoulli_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Mean over batch and tags of KL(Bern(sigmoid(t / T)) || Bern(sigmoid(s / T))), times ``T**2``."""
+def bernoulli_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                 tag_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over batch and tags of KL(Bern(sigmoid(t / T)) || Bern(sigmoid(s / T))), times ``T**2``.
+
+    ``tag_mask`` (bool, one per tag) restricts the mean to those tags.
+    """
     temperature = _check_temperature(temperature)
     student = student_logits.float() / temperature
     teacher = teacher_logits.float() / temperature
@@ -109,6 +119,10 @@ def bernoulli_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     kl = p_teacher * (F.softplus(-student) - F.softplus(-teacher)) + (1.0 - p_teacher) * (
         F.softplus(student) - F.softplus(teacher)
     )
+    if tag_mask is not None:
+        if not bool(tag_mask.any()):
+            raise ConfigError("the tag mask selects no tag to distil")
+        kl = kl[:, tag_mask]
     return kl.mean() * temperature**2
 
 
@@ -119,8 +133,12 @@ def distillation_loss(
     *,
     variant: str = "bernoulli",
     temperature: float = 1.0,
+    tag_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The distillation term for one batch of ``task`` (``"tags"``: logits; ``"va"``: 1-9 outputs)."""
+    """The distillation term for one batch of ``task`` (``"tags"``: logits; ``"va"``: 1-9 outputs).
+
+    ``tag_mask`` applies to the Bernoulli variant only (the upstream softmax spans all tags).
+    """
     if variant not in KD_VARIANTS:
         raise ConfigError(f"unknown distillation variant {variant!r}; choose one of {KD_VARIANTS}")
     if task not in ("tags", "va"):
@@ -131,7 +149,7 @@ def distillation_loss(
     if variant == "upstream":
         return softmax_kd(student, teacher, temperature)
     if task == "tags":
-        return bernoulli_kd(student, teacher, temperature)
+        return bernoulli_kd(student, teacher, temperature, tag_mask)
     return va_mse(student, teacher)
 
 

@@ -175,7 +175,9 @@ def train_step(
     if teacher is not None and kd is not None and kd.alpha > 0:
         with torch.no_grad(), autocast(device, bf16):
             teacher_output = branch_output(teacher, task, batch)
-        distilled = distillation_loss(task, output, teacher_output, variant=kd.variant, temperature=kd.temperature)
+        mask = weights.trained if weights is not None and task == "tags" else None
+        distilled = distillation_loss(task, output, teacher_output, variant=kd.variant, temperature=kd.temperature,
+                                      tag_mask=mask)
         loss = combine(loss, distilled, kd.alpha)
     loss.backward()
     for parameter in other_branch_parameters(model, task):
