@@ -375,11 +375,30 @@ def fit(
 # -- checkpoints and reports -----------------------------------------------------------------
 
 
-def new_model(embedding_dim: int, settings: TrainSettings, *, seed: int) -> MultitaskEmotionModel:
-    """A freshly initialised network (deterministic for ``seed``)."""
+def new_model(embedding_dim: int, settings: TrainSettings, *, seed: int,
+              va_mean: Sequence[float] | None = None) -> MultitaskEmotionModel:
+    """A freshly initialised network (deterministic for ``seed``).
+
+    ``va_mean`` (the training targets' mean valence and arousal) initialises the VA output bias,
+    so training starts from the mean prediction instead of 0 on a 1-9 scale: the first VA
+    losses are then near the targets' variance rather than ~25, and their gradients do not
+    swamp Adam's moment estimates of the shared trunk that the tag task also uses.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MultitaskEmotionModel(embedding_dim, hidden_dim=settings.hidden_dim, branch_dim=settings.branch_dim)
+        model = MultitaskEmotionModel(embedding_dim, hidden_dim=settings.hidden_dim, branch_dim=settings.branch_dim)
+    if va_mean is not None:
+        with torch.no_grad():
+            model.regression_branch[-1].bias.copy_(torch.as_tensor(va_mean, dtype=torch.float32))
+    return model
+
+
+def va_target_mean(sources: Sequence[TaskData]) -> list[float] | None:
+    """Mean valence and arousal over the training splits of the VA datasets (``None`` without any)."""
+    targets = [source.train.targets() for source in sources if source.task == "va"]
+    if not targets:
+        return None
+    return [float(value) for value in np.concatenate(targets).mean(axis=0)]
 
 
 def evaluate_model(
@@ -495,7 +514,7 @@ def _train_and_save(
     provenance: Mapping[str, Any],
 ) -> TrainedModel:
     settings = config.training
-    model = new_model(sources[0].embedding_dim, settings, seed=seed)
+    model = new_model(sources[0].embedding_dim, settings, seed=seed, va_mean=va_target_mean(sources))
     result = fit(model, sources, settings, teachers=teachers, device=device, seed=seed, label=label)
     thresholds, untuned = tuned_thresholds(result.model, sources, settings=settings, device=device)
     rows = evaluate_model(result.model, sources, settings=settings, device=device, thresholds=thresholds, label=label,
@@ -595,10 +614,32 @@ def run(config: RunConfig, *, stages: Sequence[str] | None = None) -> RunSummary
         trained.append(_train_and_save("student", "student", sources, config, device=device,
                                        teachers=teachers if config.training.kd.alpha > 0 else None,
                                        seed=config.seed, provenance=provenance))
-    rows = [row for model in trained for row in model.rows]
+    rows = [row for model in trained for row in model.rows] + chance_rows(sources)
     table = format_table(rows)
     csv_path, json_path = write_report(rows, config.output_dir)
     return RunSummary(tuple(trained), csv_path, json_path, table)
+
+
+def chance_rows(sources: Sequence[TaskData], splits: Sequence[str] = ("validation", "test")) -> list[dict[str, Any]]:
+    """Report rows of a predictor that ignores its input (the chance level of every metric).
+
+    Tags: every track gets the training frequency of each tag (ROC-AUC 0.5, PR-AUC the base
+    rate). VA: every track gets the training mean (R2 is 0 only if the split's mean equals it).
+    """
+    rows = []
+    for source in sources:
+        train = source.train.targets()
+        prior = train.mean(axis=0)
+        for split in splits:
+            targets = source.split(split).targets()
+            if len(targets) == 0:
+                continue
+            row: dict[str, Any] = {"model": "chance:train-prior", "dataset": source.name, "kind": source.kind,
+                                   "task": source.task, "split": split}
+            constant = np.tile(prior, (len(targets), 1))
+            row.update(tag_metrics(constant, targets) if source.task == "tags" else va_metrics(constant, targets))
+            rows.append(row)
+    return rows
 
 
 def _provenance(config: RunConfig, cache: FeatureCache, datasets: Sequence[LabeledDataset]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Each track is an additive-synthesis chord loop with known latent factors:
 
-- mode (major: I-V-vi-IV, minor: i-iv-V-i) in a random key -> valence;
+- mode (major: I-V-vi-IV, minor: i-iv-V-i) in a random key -> valence, and arousal a little
+  (valence and arousal correlate in the real datasets too);
 - tempo (60-180 BPM; a chord every two beats, a note onset every eighth) -> arousal (mostly)
   and valence (a little); in the features it shows as the number of chord changes;
 - timbre (``soft``: near-sine, ``bright``: sawtooth-like, ``pluck``: decaying) -> arousal
@@ -14,7 +15,7 @@ Labels, with ``t`` tempo in [-1, 1], ``m`` = +1 major / -1 minor, ``b`` brightne
 ``l`` level in [-1, 1] and Gaussian noise ``e`` (sd 0.3), clipped to 1.5-8.5::
 
     valence = 5 + 1.6 m + 0.4 t + e
-    arousal = 5 + 1.8 t + 0.6 b + 0.3 l + e
+    arousal = 5 + 1.5 t + 0.5 b + 0.6 m + 0.3 l + e
 
 Tags: ``happy`` (major and t > 0), ``sad`` (minor and t < 0), ``energetic`` (t > 0.35),
 ``calm`` (t < -0.35), ``soft`` / ``powerful`` / ``melodic`` (timbre soft / bright / pluck).
@@ -127,7 +128,7 @@ def _labels(mode: str, tempo_bpm: float, timbre: str, level_db: float, rng: np.r
     level = (level_db - sum(_LEVEL_RANGE_DB) / 2) / ((_LEVEL_RANGE_DB[1] - _LEVEL_RANGE_DB[0]) / 2)
     major = 1.0 if mode == "major" else -1.0
     valence = 5.0 + 1.6 * major + 0.4 * tempo + 0.3 * rng.standard_normal()
-    arousal = 5.0 + 1.8 * tempo + 0.6 * _BRIGHTNESS[timbre] + 0.3 * level + 0.3 * rng.standard_normal()
+    arousal = 5.0 + 1.5 * tempo + 0.5 * _BRIGHTNESS[timbre] + 0.6 * major + 0.3 * level + 0.3 * rng.standard_normal()
     tags = []
     if major > 0 and tempo > 0:
         tags.append("happy")
