@@ -96,10 +96,12 @@ def test_entry_round_trip_is_atomic(tmp_path):
 
 
 def test_shards_are_disjoint_and_complete():
-    items = list(range(11))
+    items = [f"audio/{i}.mp3" for i in range(50)]
     shards = [DistributedContext(rank, 3).shard(items) for rank in range(3)]
-    assert sorted(x for shard in shards for x in shard) == items
-    assert not set(shards[0]) & set(shards[1])
+    assert sorted(x for shard in shards for x in shard) == sorted(items)
+    assert all(shard for shard in shards)
+    assert not set(shards[0]) & set(shards[1]) and not set(shards[1]) & set(shards[2])
+    assert DistributedContext(0, 1).shard(items) == items
 
 
 def _write_tracks(directory: Path, count: int) -> Path:

@@ -524,9 +524,14 @@ class DistributedContext:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def shard(self, items: Sequence[Any]) -> list[Any]:
-        """This rank's items: every ``world_size``-th, starting at ``rank`` (disjoint across ranks)."""
-        return [item for position, item in enumerate(items) if position % self.world_size == self.rank]
+    def owns(self, name: str) -> bool:
+        """Whether this rank handles ``name`` (a stable hash modulo the world size: disjoint across ranks)."""
+        digest = hashlib.sha256(name.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.world_size == self.rank
+
+    def shard(self, items: Sequence[Any], *, key: Callable[[Any], str] = str) -> list[Any]:
+        """This rank's share of ``items`` (by :meth:`owns` of ``key(item)``)."""
+        return [item for item in items if self.owns(key(item))]
 
     def barrier(self) -> None:
         """Wait for every rank (a no-op in a single process)."""
@@ -583,7 +588,8 @@ def extract_features(
     -------
     ExtractionReport
         This rank's counts. A track that fails (missing or undecodable audio, ...) is recorded
-        with its error in the index and reported; the others go on.
+        with its error in the index and reported; the others go on. An audio file listed in two
+        datasets is extracted once (its second listing counts as skipped).
     """
     import time
 
@@ -599,11 +605,13 @@ def extract_features(
     work: list[tuple[str, TrackRecord]] = [
         (dataset.name, track) for dataset in datasets for track in dataset.tracks
     ]
-    shard = context.shard(work)
+    # Shard by audio file, so a file listed in two datasets is extracted once, by one rank.
+    shard = context.shard(work, key=lambda item: f"{item[1].audio_path}|{item[1].start}|{item[1].end}")
     previous = {name: cache.read_index(name, settings) for name in names}
     records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     failed: list[tuple[str, str]] = []
     todo: list[tuple[str, TrackRecord, dict[str, Any]]] = []
+    queued: set[str] = set()
     skipped = 0
 
     def note(outcome: str, track_id: str) -> None:
@@ -629,10 +637,11 @@ def extract_features(
         span = None if track.start is None or track.end is None else (track.start, track.end)
         record.update(size=size, mtime_ns=mtime, sha256=digest, key=cache_key(digest, identity, span))
         records[name][track.track_id] = record
-        if cache.has(record["key"]):
+        if cache.has(record["key"]) or record["key"] in queued:
             skipped += 1
             note("skipped", track.track_id)
         else:
+            queued.add(record["key"])
             todo.append((name, track, record))
 
     extracted = 0
