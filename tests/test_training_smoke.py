@@ -56,6 +56,17 @@ def test_smoke_pipeline_end_to_end(tmp_path, capsys, chord_backend, restore_thre
     teacher = load_heads(run / "teacher-synth_va.safetensors")[1]
     assert teacher.tasks == ("va",) and teacher.tag_thresholds is None
 
+    # The student stage alone, distilling from teacher checkpoints named in the config.
+    config["stages"] = ["student"]
+    config["output_dir"] = "runs/student-only"
+    config["teachers"] = {name: str(run / f"teacher-{name}.safetensors") for name in ("synth_tags", "synth_va")}
+    student_only = tmp_path / "student.yaml"
+    student_only.write_text(yaml.safe_dump(config), encoding="utf-8")
+    assert main(["--quiet", "train", "--config", str(student_only), "--workdir", str(workdir)]) == 0
+    trained = load_heads(workdir / "runs" / "student-only" / "student.safetensors")[1]
+    assert trained.training_config["teachers"] == ["synth_tags", "synth_va"]
+    capsys.readouterr()
+
     # A second extraction finds everything cached.
     assert main(["extract", "--config", str(path), "--workdir", str(workdir), "--no-progress"]) == 0
     again = capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,17 @@ def test_selective_update_leaves_the_other_branch_bit_identical(task, one_thread
     assert all(torch.equal(a, b) for a, b in zip(moments_before, _adam_moments(optimizer, other)))
     assert any(not torch.equal(a, b) for a, b in zip(own_before, _snapshot(own)))
     assert any(not torch.equal(a, b) for a, b in zip(shared_before, _snapshot(model.shared_parameters())))
+
+
+def test_bf16_autocast_step_keeps_float32_losses_and_the_selective_update(one_thread):
+    torch.manual_seed(0)
+    model = MultitaskEmotionModel(EMBEDDING_DIM, hidden_dim=16, branch_dim=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = _snapshot(model.tag_parameters())
+    loss = train_step(model, optimizer, "va", _batch("va", 1), bf16=True)
+    assert np.isfinite(loss)
+    assert all(torch.equal(a, b) for a, b in zip(before, _snapshot(model.tag_parameters())))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_zero_gradients_would_move_the_other_branch():
@@ -222,6 +234,17 @@ def test_teachers_then_student_learn_and_the_checkpoint_loads(tmp_path, one_thre
                                               batch["mode"])
         loaded = model(batch["mert"], batch["chord_roots"], batch["chord_qualities"], batch["mode"])
     assert torch.equal(expected[0], loaded[0]) and torch.equal(expected[1], loaded[1])
+
+
+def test_fit_with_loader_workers_and_cycle_mixing(one_thread):
+    settings = TrainSettings(device="cpu", bf16=False, learning_rate=1e-2, max_epochs=2, patience=0,
+                             hidden_dim=16, branch_dim=8, num_workers=1, mixing="cycle")
+    sources = [task_data(*_toy_dataset("tags", 20, 0)), task_data(*_toy_dataset("va", 30, 1))]
+    result = fit(new_model(EMBEDDING_DIM, settings, seed=0), sources, settings, seed=0)
+    # cycle: every round reads one batch of each dataset, as many rounds as the larger has batches
+    rounds = math.ceil(max(len(source.train) for source in sources) / settings.batch_size)
+    assert result.steps == len(result.history) * 2 * rounds
+    assert set(result.history[0]["validation_loss"]) == {"tags", "va"}
 
 
 def test_tag_target_and_unknown_tag():

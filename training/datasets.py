@@ -14,9 +14,10 @@ MTG-Jamendo (``mtg-jamendo-dataset``, ``data/autotagging_moodtheme.tsv`` and
     in CRLF. ``PATH`` (``48/948.mp3``) is relative to the audio root; the low-quality audio
     release names the same files ``48/948.low.mp3`` (``audio_suffix: .low.mp3``). The split files
     decide membership and labels (split-0: 9,949 / 3,802 / 4,231 tracks over 56 tags). The full
-    table, when given, is a cross-check: every split track must be in it with the same path and,
-    within the 56-tag vocabulary, the same tags; tags outside the vocabulary that appear only in
-    the full table (``ambiental``, ``horror``, ``mellow`` in some copies) are ignored.
+    table (18,486 tracks, 59 tags: the dataset drops a few tags from the splits so every split
+    has the same tag list) is a cross-check when given: every split track must be in it with the
+    same path and, within the 56-tag vocabulary, the same tags; the three tags only the table
+    has (``ambiental``, ``horror``, ``mellow``) are ignored.
 DEAM (``DEAM_Annotations/annotations/annotations averaged per song/song_level/``)
     ``static_annotations_averaged_songs_1_2000.csv`` and ``..._2000_2058.csv``; comma-separated,
     header ``song_id, valence_mean, valence_std, arousal_mean, arousal_std`` with a space before
