@@ -33,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = commands.add_parser("synth", help="write the synthetic sanity dataset")
     synth.add_argument("--out", required=True, help="directory for audio/, manifest.csv, truth.json")
-    synth.add_argument("--tracks", type=int, default=72)
-    synth.add_argument("--seconds", type=float, default=5.0)
+    synth.add_argument("--tracks", type=int, default=120)
+    synth.add_argument("--seconds", type=float, default=4.5)
     synth.add_argument("--seed", type=int, default=0)
 
     for name, text in (("datasets", "parse the config's datasets and print their split sizes"),

@@ -257,8 +257,8 @@ class SyntheticSpec:
     """Generate the synthetic set into ``out`` before anything else (when absent)."""
 
     out: Path
-    tracks: int = 72
-    seconds: float = 5.0
+    tracks: int = 120
+    seconds: float = 4.5
     seed: int = 0
 
 

@@ -146,7 +146,7 @@ def generate(
     out_dir: str | os.PathLike[str],
     *,
     tracks: int = 120,
-    seconds: float = 8.0,
+    seconds: float = 4.5,
     seed: int = 0,
     sample_rate: int = MERT_SAMPLE_RATE,
 ) -> Path:
