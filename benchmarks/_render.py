@@ -7,14 +7,15 @@ the sound.
 
 Truth, precisely
 ----------------
-Chorales (``music21.corpus.chorales.Iterator()``, Riemenschneider numbering, 371 scores):
+Chorales (``music21.corpus.chorales.Iterator()``, Riemenschneider numbering: 371 entries, 350
+distinct scores):
 
 - The score is converted to sounding pitch and ties are merged (``toSoundingPitch``,
   ``stripTies``). Quarter-note offsets become seconds at one constant tempo: the score's first
   ``MetronomeMark`` when it has one, else a tempo drawn per piece (seeded by its name) from
   60-100 quarter notes per minute. Fermatas and repeats are not performed (nor in the truth).
 - Key: every part encodes a ``music21.key.Key`` at offset 0 (the MusicXML ``<key>`` element with
-  its ``<mode>``): all share one signature, but in 108 of the 371 scores the parts disagree on the
+  its ``<mode>``): all share one signature, but in 103 of the 350 scores the parts disagree on the
   mode (relative major vs minor). The truth key is the encoded candidate whose tonic is the
   lowest note of the final sonority (the final cadence). When no encoded candidate has that
   tonic (modal chorales notated in a Dorian signature, endings on a half cadence) the chorale's
