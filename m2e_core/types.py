@@ -157,8 +157,11 @@ class Analysis:
     """Everything m2e says about one track.
 
     ``segments`` and ``track`` are ``None`` when emotion recognition was switched off.
-    ``normalized_chords`` are the chords transposed so the key's tonic is C (major) or
-    A (minor): the form the model reads.
+    ``key`` is the displayed key (a key-profile estimate over the audio's chroma).
+    ``model_key`` is the key the emotion model reads, estimated the way its checkpoint was
+    trained (music21 over the chords); ``normalized_chords`` are the chords transposed with it
+    so its tonic is C (major) or A (minor). ``model_key`` is ``None`` in analyses saved before
+    it existed, and then :attr:`chord_key` falls back to ``key``.
     """
 
     source: str
@@ -170,6 +173,12 @@ class Analysis:
     track: TrackEmotion | None
     provenance: tuple[ModelProvenance, ...]
     version: str = "1"
+    model_key: KeyEstimate | None = None
+
+    @property
+    def chord_key(self) -> KeyEstimate:
+        """The key ``normalized_chords`` were transposed with."""
+        return self.model_key if self.model_key is not None else self.key
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -177,6 +186,7 @@ class Analysis:
             "source": self.source,
             "duration": round(float(self.duration), 4),
             "key": self.key.to_dict(),
+            **({"model_key": self.model_key.to_dict()} if self.model_key is not None else {}),
             "chords": [chord.to_dict() for chord in self.chords],
             "normalized_chords": [chord.to_dict() for chord in self.normalized_chords],
             "provenance": [item.to_dict() for item in self.provenance],
@@ -201,4 +211,5 @@ class Analysis:
             track=None if track is None else TrackEmotion.from_dict(track),
             provenance=tuple(ModelProvenance.from_dict(p) for p in data.get("provenance", [])),
             version=str(data.get("version", "1")),
+            model_key=KeyEstimate.from_dict(data["model_key"]) if data.get("model_key") else None,
         )

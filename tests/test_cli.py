@@ -108,3 +108,15 @@ def test_csv_without_emotion():
     assert rows == [{"source": "x.wav", "segment": "track", "start": "0.0", "end": "12.0",
                      "key_tonic": "D", "key_mode": "minor", "key_confidence": "0.5",
                      "valence": "", "arousal": "", "top_tags": ""}]
+
+
+def test_fast_is_refused_without_native_bf16(workspace, monkeypatch, capsys):
+    import m2e_core.encoder
+    from m2e_core.cli import main
+
+    root, music, _ = workspace
+    monkeypatch.setattr(m2e_core.encoder, "native_bf16", lambda device: False)
+    code = main(["analyze", str(music / "loop.wav"), "--fast", "--device", "cpu", "--offline"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "native bf16" in err[0] and "drop --fast" in err[0]

@@ -51,7 +51,8 @@ def test_end_to_end_tiny_models(analyzer, loop_files):
     assert len(analysis.track.selected_tags) == 4
     top = [name for name, _ in analysis.track.emotion.top_tags(4)]
     assert list(analysis.track.selected_tags) == top
-    assert {p.role for p in analysis.provenance} == {"chords", "key", "encoder", "heads"}
+    assert (analysis.model_key.tonic, analysis.model_key.mode) == ("C", "major")
+    assert {p.role for p in analysis.provenance} == {"chords", "key", "model-key", "encoder", "heads"}
 
 
 def test_predictions_come_from_the_heads(analyzer, loop_files):
@@ -67,7 +68,7 @@ def test_predictions_come_from_the_heads(analyzer, loop_files):
             chords_in_window(analysis.normalized_chords, segment.start, segment.end)
         )
         probs, va = analyzer.predict(embeddings[row:row + 1], roots[None], qualities[None],
-                                     np.array([analysis.key.mode_index]))
+                                     np.array([analysis.model_key.mode_index]))
         got = analysis.segments[row]
         assert got.valence == pytest.approx(float(va[0, 0]), abs=1e-5)
         assert got.arousal == pytest.approx(float(va[0, 1]), abs=1e-5)
@@ -76,7 +77,7 @@ def test_predictions_come_from_the_heads(analyzer, loop_files):
     assert analysis.segments[0].valence != analysis.segments[1].valence
     track_roots, track_qualities = encode_chord_tokens(analysis.normalized_chords)
     _, track_va = analyzer.predict(embeddings.mean(axis=0, keepdims=True), track_roots[None],
-                                   track_qualities[None], np.array([analysis.key.mode_index]))
+                                   track_qualities[None], np.array([analysis.model_key.mode_index]))
     assert analysis.track.emotion.valence == pytest.approx(float(track_va[0, 0]), abs=1e-5)
 
 
@@ -167,3 +168,81 @@ def test_parallel_analyses_are_independent_and_write_nothing(analyzer, loop_file
             assert a["valence"] == pytest.approx(b["valence"], abs=1e-4)
             assert a["tags"]["happy"] == pytest.approx(b["tags"]["happy"], abs=1e-4)
     assert os.listdir(workdir) == []
+
+
+def test_displayed_key_and_model_key_are_separate(analyzer, loop_files, monkeypatch):
+    """The displayed key may come from audio chroma; the model reads the chord-route key."""
+    import m2e_core.chroma
+    from m2e_core.key import estimate_key, normalize_chords
+    from m2e_core.types import KeyEstimate
+
+    shown = KeyEstimate("F#", "minor", 0.42)
+    monkeypatch.setattr(m2e_core.chroma, "estimate_key_from_audio", lambda samples, rate: shown)
+    analysis = analyzer.analyze(loop_files[0])
+    assert analysis.key == shown
+    assert analysis.model_key == estimate_key(analysis.chords)
+    assert (analysis.model_key.tonic, analysis.model_key.mode) == ("C", "major")
+    assert analysis.normalized_chords == normalize_chords(analysis.chords, analysis.model_key)
+    assert analysis.chord_key == analysis.model_key
+    again = Analysis.from_dict(json.loads(json.dumps(analysis.to_dict())))
+    assert again.key == shown and again.model_key == analysis.model_key
+
+
+def test_analysis_without_model_key_falls_back_to_key(analyzer, loop_files):
+    data = analyzer.analyze(loop_files[1]).to_dict()
+    del data["model_key"]
+    old = Analysis.from_dict(data)
+    assert old.model_key is None and old.chord_key == old.key
+    assert "model_key" not in old.to_dict()
+
+
+def test_segments_follow_the_checkpoints_training_segmentation(analyzer, chord_backend, loop_files):
+    from dataclasses import replace
+
+    from m2e_core.pipeline import LoadedHeads
+
+    heads = analyzer.heads
+    config = replace(heads.config, provenance={"features": {"segment_seconds": 10.0, "min_tail_seconds": 2.0}})
+    short = Analyzer(encoder=analyzer.encoder, checkpoint=LoadedHeads(heads.model, config, heads.provenance),
+                     chords=chord_backend, device="cpu")
+    analysis = short.analyze(loop_files[0])
+    # A 4 s tail stays a segment of its own: longer than the checkpoint's 2 s minimum tail.
+    assert [(s.start, s.end) for s in analysis.segments] == [(10.0 * i, 10.0 * (i + 1)) for i in range(6)] + [
+        (60.0, 64.0)]
+    bad = replace(heads.config, provenance={"features": {"segment_seconds": -1}})
+    with pytest.raises(ModelError, match="segmentation"):
+        Analyzer(encoder=analyzer.encoder, checkpoint=LoadedHeads(heads.model, bad, heads.provenance),
+                 chords=chord_backend, device="cpu")
+
+
+def test_unknown_mode_source_is_refused(analyzer, chord_backend):
+    from dataclasses import replace
+
+    from m2e_core.pipeline import LoadedHeads
+
+    heads = analyzer.heads
+    config = replace(heads.config, mode_source="chroma-key")
+    with pytest.raises(ModelError, match="mode input"):
+        Analyzer(encoder=analyzer.encoder, checkpoint=LoadedHeads(heads.model, config, heads.provenance),
+                 chords=chord_backend, device="cpu")
+
+
+def test_fast_warns_without_native_bf16(chord_backend, monkeypatch):
+    import m2e_core.encoder
+
+    monkeypatch.setattr(m2e_core.encoder, "native_bf16", lambda device: False)
+    with pytest.warns(RuntimeWarning, match="native bf16"):
+        Analyzer(emotion=False, chords=chord_backend, device="cpu", fast=True)
+
+
+def test_encoder_runs_one_segment_at_a_time_on_cpu(analyzer, tiny_models, chord_backend):
+    assert analyzer.encoder.batch_size == 1
+
+
+def test_chroma_hmm_backend_by_name(loop_files):
+    analyzer = Analyzer(emotion=False, chords="chroma-hmm", allow_download=False)
+    analysis = analyzer.analyze(loop_files[0])
+    labels = {chord.label for chord in analysis.chords}
+    assert {"C:maj", "G:maj", "A:min", "F:maj"} <= labels
+    assert labels <= {"C:maj", "G:maj", "A:min", "F:maj", "N"}
+    assert analysis.provenance[0].name == "chroma-hmm"
