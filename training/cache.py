@@ -41,6 +41,7 @@ import numpy as np
 from m2e_core.audio import Audio, load_audio, prepare_waveform, resample, segment_audio
 from m2e_core.constants import MAX_CHORD_TOKENS
 from m2e_core.errors import ConfigError, M2EError
+from m2e_core.files import file_sha256
 from m2e_core.types import ChordSpan, KeyEstimate
 
 from .datasets import LabeledDataset, TrackRecord
@@ -160,14 +161,6 @@ def cache_key(audio_sha256: str, identity: FeatureIdentity, span: tuple[float, f
         "identity": identity.to_dict(),
     })
 
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- entries --------------------------------------------------------------------------------
