@@ -36,8 +36,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassError
+from torch import nn
 from transformers import HubertConfig, HubertModel
+from transformers.models.hubert.modeling_hubert import HubertPositionalConvEmbedding
 
 from .constants import MERT_HIDDEN_STATE_INDICES, MERT_LAYERS_NEEDED, MERT_SAMPLE_RATE
 from .errors import (
@@ -58,6 +61,7 @@ __all__ = [
     "PYTORCH_FILE",
     "MertEncoder",
     "hubert_config_from_mert",
+    "install_fast_convolutions",
     "load_hubert_model",
     "read_checkpoint",
     "make_tiny_encoder",
@@ -317,6 +321,165 @@ def _build_model(config: HubertConfig, state: Mapping[str, torch.Tensor], num_la
     return model
 
 
+# --- time-major convolutions: the same results as HuBERT's modules, faster on CPUs -------------
+#
+# HuBERT runs its front end channel-major (batch, channels, time), as ``nn.Conv1d`` wants. Kept
+# time-major (time, channels) instead, every front-end convolution (no padding, stride >= 1) is a
+# few matrix products on strided views of its input, with no im2col copy; the first layer's
+# per-channel GroupNorm folds into its weights, and GELU runs in place. The positional
+# convolution, a grouped convolution over (batch, time, hidden), runs as a 2-D convolution in
+# channels-last memory, which is the layout the hidden states already have.
+
+
+def _can_run_time_major(conv: nn.Conv1d) -> bool:
+    return (
+        conv.padding == (0,)
+        and conv.dilation == (1,)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and conv.stride[0] >= 1
+    )
+
+
+def _conv_time_major(frames: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv`` on time-major ``frames`` ``(T, C_in)``: ``(T_out, C_out)``, as one GEMM per ``stride`` taps.
+
+    The inputs of ``stride`` consecutive taps are ``stride * C_in`` consecutive floats per output
+    frame, so such a group of taps is one matrix product on a strided view of ``frames``.
+    """
+    frames = frames.contiguous()
+    length, channels = frames.shape
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    out_length = (length - kernel) // stride + 1
+    weight = conv.weight.to(frames.dtype)
+    result = None
+    for first in range(0, kernel, stride):
+        taps = min(stride, kernel - first)
+        inputs = frames.as_strided(
+            (out_length, taps * channels), (stride * channels, 1), frames.storage_offset() + first * channels
+        )
+        matrix = weight[:, :, first:first + taps].permute(2, 1, 0).reshape(taps * channels, -1)
+        if result is None:
+            bias = conv.bias
+            result = torch.mm(inputs, matrix) if bias is None else torch.addmm(bias.to(frames.dtype), inputs, matrix)
+        else:
+            # In place, so in the dtype of the first product (bfloat16 under autocast).
+            result.addmm_(inputs.to(result.dtype), matrix.to(result.dtype))
+    return result
+
+
+def _conv_group_norm_time_major(samples: torch.Tensor, conv: nn.Conv1d, norm: nn.GroupNorm) -> torch.Tensor:
+    """A one-channel convolution followed by per-channel GroupNorm, on samples ``(T,)``: ``(T_out, C_out)``.
+
+    The norm's statistics follow from the mean and covariance of the input windows (in float64),
+    so the normalisation folds into the weights and a bias, and the convolution output is
+    written once. The conv bias cancels in the normalisation.
+    """
+    windows = samples.unfold(0, conv.kernel_size[0], conv.stride[0])
+    with torch.autocast(samples.device.type, enabled=False):
+        weight = conv.weight[:, 0, :].double()
+        windows64 = windows.double()
+        mean = windows64.mean(dim=0)
+        centred = windows64 - mean
+        covariance = centred.t() @ centred / len(windows)
+        variance = ((weight @ covariance) * weight).sum(dim=1)
+        scale = norm.weight.double() * torch.rsqrt(variance + norm.eps)
+        shift = norm.bias.double() - scale * (weight @ mean)
+    return torch.addmm(shift.to(samples.dtype), windows, (weight.t() * scale).to(samples.dtype))
+
+
+class _TimeMajorFeatureEncoder(nn.Module):
+    """HuBERT's convolutional front end computed time-major; same parameters, names and output."""
+
+    def __init__(self, conv_layers: nn.ModuleList, *, gelu: bool) -> None:
+        super().__init__()
+        self.conv_layers = conv_layers
+        self._gelu = gelu
+
+    def _activate(self, hidden: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        if self._gelu and not hidden.requires_grad:
+            return torch.ops.aten.gelu_(hidden)  # in place: the first layers' outputs are hundreds of MB
+        return layer.activation(hidden)
+
+    def _frames(self, samples: torch.Tensor) -> torch.Tensor:
+        hidden = samples
+        for index, layer in enumerate(self.conv_layers):
+            norm = getattr(layer, "layer_norm", None)
+            if index == 0 and isinstance(norm, nn.GroupNorm):
+                hidden = _conv_group_norm_time_major(hidden, layer.conv, norm)
+            else:
+                hidden = _conv_time_major(hidden[:, None] if index == 0 else hidden, layer.conv)
+                if norm is not None:
+                    hidden = norm(hidden)
+            hidden = self._activate(hidden, layer)
+        return hidden
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        """Waveforms ``(B, T)`` to features ``(B, C, T_out)``, as :class:`HubertFeatureEncoder` gives them."""
+        return torch.stack([self._frames(samples) for samples in input_values]).transpose(1, 2)
+
+
+class _ChannelsLastPositionalConv(nn.Module):
+    """HuBERT's positional convolution run as a channels-last 2-D convolution; same parameters and output."""
+
+    def __init__(self, stock: HubertPositionalConvEmbedding) -> None:
+        super().__init__()
+        self.conv = stock.conv
+        self.padding = stock.padding
+        self.activation = stock.activation
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``(B, T, C)`` to positional embeddings ``(B, T, C)``."""
+        # (B, T, C) memory is an NCHW image (B, C, 1, T) in channels-last layout: no copy.
+        images = hidden_states.transpose(1, 2).unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        conv = self.conv
+        embedded = F.conv2d(
+            images, conv.weight.unsqueeze(2), conv.bias, padding=(0, conv.padding[0]), groups=conv.groups
+        ).squeeze(2)
+        return self.activation(self.padding(embedded)).transpose(1, 2)
+
+
+def _front_end_is_covered(layers: object) -> bool:
+    """Whether :class:`_TimeMajorFeatureEncoder` computes this front end exactly."""
+    if not isinstance(layers, nn.ModuleList):
+        return False
+    for index, layer in enumerate(layers):
+        conv = getattr(layer, "conv", None)
+        if not (isinstance(conv, nn.Conv1d) and _can_run_time_major(conv)):
+            return False
+        norm = getattr(layer, "layer_norm", None)
+        if isinstance(norm, nn.GroupNorm):
+            if not (index == 0 and conv.in_channels == 1 and norm.affine and norm.num_groups == norm.num_channels):
+                return False
+        elif norm is not None and not isinstance(norm, nn.LayerNorm):
+            return False
+    return True
+
+
+def install_fast_convolutions(model: HubertModel) -> HubertModel:
+    """Swap the convolutions of ``model`` for time-major equivalents, in place; returns ``model``.
+
+    The front end and the positional convolution then give transformers' results up to float32
+    rounding, faster on a CPU (about 2x for MERT-v1-95M's front end). The new modules hold the
+    parameters of those they replace, under the same state-dict keys. A front end or positional
+    convolution of a kind they do not cover (padded or grouped front-end convolutions, group norm
+    after a layer other than the first, a batch-normed positional convolution) is left as it is.
+    """
+    layers = getattr(model.feature_extractor, "conv_layers", None)
+    if _front_end_is_covered(layers):
+        model.feature_extractor = _TimeMajorFeatureEncoder(layers, gelu=model.config.feat_extract_activation == "gelu")
+    positional = model.encoder.pos_conv_embed
+    if (
+        isinstance(positional, HubertPositionalConvEmbedding)
+        and positional.batch_norm is None
+        and positional.conv.stride == (1,)
+        and positional.conv.dilation == (1,)
+        and positional.conv.padding_mode == "zeros"
+    ):
+        model.encoder.pos_conv_embed = _ChannelsLastPositionalConv(positional)
+    return model
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -444,7 +607,8 @@ class MertEncoder:
     provenance : ModelProvenance
         Name, revision, weights hash and directory of the encoder.
     model : transformers.HubertModel
-        The truncated model.
+        The truncated model, its convolutions swapped for faster equivalents
+        (:func:`install_fast_convolutions`).
     """
 
     def __init__(
@@ -466,7 +630,7 @@ class MertEncoder:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.device = _resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = install_fast_convolutions(model).to(self.device).eval()
         self.sample_rate = int(sample_rate)
         self.do_normalize = bool(do_normalize)
         self.fast = bool(fast)

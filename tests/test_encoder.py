@@ -3,6 +3,7 @@ truncation, normalisation, batching, threads and the fast path, on a tiny random
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -23,6 +24,7 @@ from m2e_core.encoder import (
     SAFETENSORS_FILE,
     MertEncoder,
     hubert_config_from_mert,
+    install_fast_convolutions,
     load_hubert_model,
     make_tiny_encoder,
     min_input_samples,
@@ -306,6 +308,118 @@ def test_truncation_is_exact_with_stable_layer_norm(tiny_dir, tmp_path):
         states = full(torch.from_numpy(_normalized(samples))[None], output_hidden_states=True).hidden_states
     reference = torch.cat([states[6].mean(dim=1), states[7].mean(dim=1)], dim=-1)[0].numpy()
     np.testing.assert_allclose(encoder.embed([samples])[0], reference, rtol=0, atol=1e-5)
+
+
+# --- fast convolutions: the same hidden states as transformers' modules ------------------------
+
+
+def _with_fast_convolutions(model):
+    """A copy of ``model`` with :func:`install_fast_convolutions`; both front-end modules swapped."""
+    fast = install_fast_convolutions(copy.deepcopy(model))
+    assert type(fast.feature_extractor) is not type(model.feature_extractor)
+    assert type(fast.encoder.pos_conv_embed) is not type(model.encoder.pos_conv_embed)
+    return fast
+
+
+def _assert_same_hidden_states(stock, fast, batch: torch.Tensor, *, atol: float = 2e-5) -> None:
+    with torch.inference_mode():
+        expected = stock(batch, output_hidden_states=True).hidden_states
+        got = fast(batch, output_hidden_states=True).hidden_states
+    assert len(got) == len(expected)
+    for index, (a, b) in enumerate(zip(got, expected)):
+        torch.testing.assert_close(a, b, rtol=0, atol=atol, msg=lambda text, index=index: f"[{index}] {text}")
+
+
+def _random_hubert(tiny_dir: Path, **changes: object):
+    """A random HuBERT of the tiny config with ``changes``, norm scales and biases perturbed."""
+    from transformers import HubertModel
+
+    config = json.loads((tiny_dir / CONFIG_FILE).read_text())
+    config.update(changes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        model = HubertModel(hubert_config_from_mert(config))
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.ndim == 1:
+                    parameter.add_(0.1 * torch.randn(parameter.shape))
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def fast_full_model(full_model):
+    return _with_fast_convolutions(full_model)
+
+
+@pytest.mark.parametrize("length", [400, 401, 799, 24_007, 36_001])
+def test_fast_convolutions_match_transformers(full_model, fast_full_model, length):
+    samples = torch.from_numpy(_normalized(_waveform(length / RATE + 1e-9, seed=length)))[None]
+    assert samples.shape == (1, length)
+    _assert_same_hidden_states(full_model, fast_full_model, samples)
+
+
+def test_fast_convolutions_match_transformers_in_a_batch(full_model, fast_full_model):
+    segments = [_normalized(_waveform(1.25, seed=seed))[:30_001] for seed in (70, 71, 72)]
+    _assert_same_hidden_states(full_model, fast_full_model, torch.from_numpy(np.stack(segments)))
+
+
+def test_fast_convolutions_keep_the_parameters(full_model, fast_full_model, tiny_dir):
+    stock_state, fast_state = full_model.state_dict(), fast_full_model.state_dict()
+    assert list(fast_state) == list(stock_state)
+    for key, value in stock_state.items():
+        torch.testing.assert_close(fast_state[key], value, rtol=0, atol=0)
+    # New weights loaded after the swap are used: the fast model of another seed matches its stock model.
+    other = load_hubert_model(make_tiny_encoder(tiny_dir.parent / "seed-5", seed=5))
+    fast = copy.deepcopy(fast_full_model)
+    fast.load_state_dict(other.state_dict(), strict=True)
+    _assert_same_hidden_states(other, fast, torch.from_numpy(_normalized(_waveform(0.5, seed=73)))[None])
+    # Installing twice changes nothing.
+    assert install_fast_convolutions(fast) is fast
+    _assert_same_hidden_states(other, fast, torch.from_numpy(_normalized(_waveform(0.5, seed=74)))[None])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"conv_bias": True},
+        {"feat_extract_norm": "layer", "conv_bias": True},
+        {"feat_extract_norm": "layer", "do_stable_layer_norm": True},
+        {"feat_extract_activation": "relu", "num_conv_pos_embeddings": 15},
+    ],
+)
+def test_fast_convolutions_match_transformers_on_other_front_ends(tiny_dir, changes):
+    stock = _random_hubert(tiny_dir, **changes)
+    fast = _with_fast_convolutions(stock)
+    segments = [_normalized(_waveform(0.75, seed=seed)) for seed in (80, 81)]
+    _assert_same_hidden_states(stock, fast, torch.from_numpy(np.stack(segments)))
+
+
+def test_front_ends_not_covered_are_left_as_they_are(tiny_dir):
+    stock = _random_hubert(tiny_dir)
+    stock.feature_extractor.conv_layers[2].conv.padding = (1,)
+    fast = install_fast_convolutions(copy.deepcopy(stock))
+    assert type(fast.feature_extractor) is type(stock.feature_extractor)
+    assert type(fast.encoder.pos_conv_embed) is not type(stock.encoder.pos_conv_embed)
+    _assert_same_hidden_states(stock, fast, torch.from_numpy(_normalized(_waveform(0.5, seed=82)))[None])
+
+
+def test_fast_convolutions_under_bf16_autocast(full_model, fast_full_model):
+    samples = torch.from_numpy(_normalized(_waveform(1.5, seed=83)))[None]
+    with torch.inference_mode():
+        exact = full_model(samples, output_hidden_states=True).hidden_states
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stock = full_model(samples, output_hidden_states=True).hidden_states
+            fast = fast_full_model(samples, output_hidden_states=True).hidden_states
+    for index in MERT_HIDDEN_STATE_INDICES:
+        assert fast[index].dtype == stock[index].dtype
+        reference = exact[index].mean(dim=1)[0].numpy()
+        assert _cosine(fast[index].float().mean(dim=1)[0].numpy(), reference) > 0.99
+        assert _cosine(stock[index].float().mean(dim=1)[0].numpy(), reference) > 0.99
+
+
+def test_encoder_runs_the_fast_convolutions(encoder, full_model):
+    assert type(encoder.model.feature_extractor) is not type(full_model.feature_extractor)
+    assert type(encoder.model.encoder.pos_conv_embed) is not type(full_model.encoder.pos_conv_embed)
 
 
 # --- weights: names, formats, strict keys -----------------------------------------------------
