@@ -246,6 +246,7 @@ class StageTimer:
 def run_ours(args: argparse.Namespace) -> dict[str, object]:
     import torch
 
+    import m2e_core.chroma
     import m2e_core.key
     from m2e_core.pipeline import Analyzer
 
@@ -269,6 +270,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, object]:
     analyzer.load = timer.wrap("decode", analyzer.load)
     analyzer.chord_backend.recognize = timer.wrap("chords", analyzer.chord_backend.recognize)
     m2e_core.key.estimate_key = timer.wrap("key", m2e_core.key.estimate_key)
+    m2e_core.chroma.estimate_key_from_audio = timer.wrap("key", m2e_core.chroma.estimate_key_from_audio)
     analyzer.encoder.embed = capturing_embed
     analyzer.predict = timer.wrap("heads", analyzer.predict)
     warmup = synthesize_track(WARMUP_SECONDS, seed=1).mean(axis=1)
