@@ -45,6 +45,7 @@ from m2e_core.audio import Audio, segment_audio
 from m2e_core.constants import DEFAULT_TOP_K, VA_MAX, VA_MIN
 from m2e_core.errors import AudioDecodeError, ConfigError, LabelError, M2EError, WeightsNotFoundError
 from m2e_core.labels import LabelStore, make_label
+from m2e_core.runtime import use_huge_pages
 from m2e_core.types import Analysis, SegmentEmotion
 from m2e_core.vocab import tag_names
 
@@ -810,6 +811,7 @@ def style() -> dict[str, Any]:
 
 def main() -> None:
     """Build and launch the app with settings from the environment."""
+    use_huge_pages()  # before the first analysis imports torch
     demo = build_demo()
     demo.launch(**server_settings(), **style())
 

@@ -1,5 +1,9 @@
 """``python -m m2e_core``: the command line."""
 
-from .cli import main
+from .runtime import use_huge_pages
+
+use_huge_pages()  # PyTorch reads the setting once, when it first allocates: before it is imported
+
+from .cli import main  # noqa: E402
 
 raise SystemExit(main())

@@ -104,7 +104,9 @@ def test_waveform_input_and_progress(analyzer):
 def test_no_emotion_loads_no_models(chord_backend, loop_files):
     analyzer = Analyzer(emotion=False, chords=chord_backend, allow_download=False)
     assert analyzer.encoder is None and not analyzer.emotion_enabled
-    analysis = analyzer.analyze(loop_files[0])
+    stages: list[str] = []
+    analysis = analyzer.analyze(loop_files[0], progress=lambda stage, fraction: stages.append(stage))
+    assert stages == ["decode", "chords", "key", "done"]
     assert analysis.segments is None and analysis.track is None
     assert "segments" not in analysis.to_dict()
     assert (analysis.key.tonic, analysis.key.mode) == ("C", "major")
