@@ -24,7 +24,6 @@ Conventions
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -52,6 +51,7 @@ from .errors import (
     UnsupportedEncoderError,
     WeightsNotFoundError,
 )
+from .files import file_sha256
 from .types import ModelProvenance
 
 __all__ = [
@@ -574,14 +574,6 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class MertEncoder:
     """Turns audio segments into MERT embeddings (layers 6 and 7, time-averaged).
 
@@ -704,7 +696,7 @@ class MertEncoder:
             recorded = None  # a path on the machine that saved the config says nothing here
         label = name or recorded or path.resolve().name
         provenance = ModelProvenance(
-            role="encoder", name=str(label), revision=revision, sha256=_sha256(weights), source=str(path)
+            role="encoder", name=str(label), revision=revision, sha256=file_sha256(weights), source=str(path)
         )
         return cls(
             model,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
 
 _BLOCK = 1 << 20
 
@@ -19,15 +18,7 @@ def file_sha256(*paths: str | os.PathLike[str]) -> str:
     """
     digest = hashlib.sha256()
     for path in paths:
-        _update(digest, path)
+        with open(path, "rb") as handle:
+            for block in iter(lambda handle=handle: handle.read(_BLOCK), b""):
+                digest.update(block)
     return digest.hexdigest()
-
-
-def _update(digest: hashlib._Hash, path: str | os.PathLike[str]) -> None:
-    with open(path, "rb") as handle:
-        for block in _blocks(handle):
-            digest.update(block)
-
-
-def _blocks(handle) -> Iterable[bytes]:
-    return iter(lambda: handle.read(_BLOCK), b"")
