@@ -444,16 +444,6 @@ def worker(args: argparse.Namespace) -> None:
 # -- driver -------------------------------------------------------------------------------------
 
 
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (AVX512-BF16 or AMX)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -570,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description(args.device)
     notes: list[str] = []
     modes = list(args.modes)
-    if "fast" in modes and args.device == "cpu" and not cpu_has_bf16() and not args.force_fast:
+    from m2e_core.encoder import native_bf16  # the driver only: workers set up torch first
+
+    if "fast" in modes and args.device == "cpu" and not native_bf16("cpu") and not args.force_fast:
         # Without AVX512-BF16/AMX, bf16 autocast falls back to slow kernels: the fast mode is
         # several times slower than fp32 and a full run would take hours. Measure the gap on a clip.
         modes.remove("fast")
