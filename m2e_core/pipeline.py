@@ -311,7 +311,7 @@ class Analyzer:
         from .chroma import estimate_key_from_audio
         from .key import estimate_key, normalize_chords
 
-        key = estimate_key_from_audio(decoded.samples, decoded.sample_rate)
+        key = estimate_key_from_audio(chord_samples, chord_rate)  # resampled once, for both
         model_key = estimate_key(chords)
         normalized = normalize_chords(chords, model_key)
         segments: tuple[SegmentEmotion, ...] | None = None
