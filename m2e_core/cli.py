@@ -12,14 +12,13 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from .audio import AUDIO_EXTENSIONS
 from .errors import ConfigError, M2EError
+from .files import spreadsheet_safe, write_text_atomic
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -96,24 +95,16 @@ def analyses_to_csv(analyses: Sequence[dict]) -> str:
         if not rows:
             rows.append(("track", {"start": 0.0, "end": analysis["duration"], "valence": None, "arousal": None}, []))
         for label, emotion, tags in rows:
-            writer.writerow([
+            writer.writerow([spreadsheet_safe(cell) for cell in (
                 analysis["source"], label, emotion["start"], emotion["end"], key["tonic"], key["mode"],
                 round(key["confidence"], 4), _fmt(emotion.get("valence")), _fmt(emotion.get("arousal")),
                 ";".join(tags),
-            ])
+            )])
     return buffer.getvalue()
 
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
-
-
-def _write_atomic(path: str, text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, target)
 
 
 def _error(message: str) -> None:
@@ -164,11 +155,11 @@ def run_analyze(args: argparse.Namespace) -> int:
         payload = results[0]
     text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
     if args.json_out:
-        _write_atomic(args.json_out, text)
+        write_text_atomic(args.json_out, text)
     else:
         sys.stdout.write(text)
     if args.csv_out:
-        _write_atomic(args.csv_out, analyses_to_csv(results))
+        write_text_atomic(args.csv_out, analyses_to_csv(results))
     if batch and failed:
         return EXIT_PARTIAL if results else EXIT_ERROR
     return EXIT_OK
@@ -223,3 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return 130
+
+
+def entry() -> None:
+    """The ``m2e`` console script: huge pages on (before torch loads), then :func:`main`."""
+    from .runtime import use_huge_pages
+
+    use_huge_pages()
+    raise SystemExit(main())

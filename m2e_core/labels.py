@@ -108,7 +108,7 @@ def _check_tags(tags: Iterable[object], where: str) -> tuple[str, ...]:
             name = name[len(JAMENDO_TAG_PREFIX):]
         if name not in known:
             raise LabelError(f"{where}: unknown tag {tag!r}; tags are the 56 MTG-Jamendo mood/theme names "
-                             "(see assets/mood_tags.csv)")
+                             "(see m2e_core/data/mood_tags.csv)")
         if name in names:
             raise LabelError(f"{where}: tag {name!r} is listed twice")
         names.append(name)

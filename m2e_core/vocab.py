@@ -1,6 +1,6 @@
 """Vocabularies of the model: the 56 MTG-Jamendo mood/theme tags and the chord tokens.
 
-They live once, in ``assets/`` at the repository top level, and are read from there.
+They live once, in the package's ``data/`` directory (shipped as package data), and are read from there.
 
 Conventions
 -----------
@@ -25,12 +25,12 @@ PITCH_CLASSES: tuple[str, ...] = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#
 JAMENDO_TAG_PREFIX = "mood/theme---"
 
 
-def assets_dir() -> Path:
-    """Directory of the shipped assets (``M2E_ASSETS`` overrides the repository's ``assets/``)."""
-    override = os.environ.get("M2E_ASSETS")
+def data_dir() -> Path:
+    """Directory of the vocabulary tables (``m2e_core/data``; ``M2E_DATA`` overrides it)."""
+    override = os.environ.get("M2E_DATA")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "assets"
+    return Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class MoodTag:
 @lru_cache(maxsize=1)
 def mood_tags() -> tuple[MoodTag, ...]:
     """The 56 tags in model order, with their VA anchors."""
-    path = assets_dir() / "mood_tags.csv"
+    path = data_dir() / "mood_tags.csv"
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     tags = tuple(
@@ -66,7 +66,7 @@ def tag_names() -> tuple[str, ...]:
 
 @lru_cache(maxsize=1)
 def _chord_vocab() -> dict[str, list[str]]:
-    with (assets_dir() / "chord_vocab.json").open(encoding="utf-8") as handle:
+    with (data_dir() / "chord_vocab.json").open(encoding="utf-8") as handle:
         return json.load(handle)
 
 

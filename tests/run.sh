@@ -18,6 +18,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -r requirements-dev.txt
+.venv/bin/python -m pip install -q --no-deps -e .   # the project itself: m2e, m2e-train
 
 .venv/bin/python -m ruff check m2e_core training tests benchmarks app.py
 .venv/bin/python -m pytest "$@"

@@ -147,3 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except M2EError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def entry() -> None:
+    """The ``m2e-train`` console script: huge pages on (before torch loads), then :func:`main`."""
+    from m2e_core.runtime import use_huge_pages
+
+    use_huge_pages()
+    raise SystemExit(main())

@@ -344,7 +344,7 @@ def load_jamendo(
             unknown = [tag for tag in row.tags if tag not in vocabulary]
             if unknown:
                 raise LabelError(f"{path}: {row.track_id} has unknown tag(s) {unknown}; the model's vocabulary is "
-                                 "the 56 tags of assets/mood_tags.csv")
+                                 "the 56 tags of m2e_core/data/mood_tags.csv")
             if row.track_id in rows_by_id:
                 raise LabelError(f"{row.track_id} is in both the {rows_by_id[row.track_id][0]} and {split} split files")
             rows_by_id[row.track_id] = (split, row)
