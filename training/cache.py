@@ -25,13 +25,12 @@ rank 0 merges them after a barrier.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,8 @@ import numpy as np
 from m2e_core.audio import Audio, load_audio, prepare_waveform, resample, segment_audio
 from m2e_core.constants import MAX_CHORD_TOKENS
 from m2e_core.errors import ConfigError, M2EError
-from m2e_core.files import file_sha256
+from m2e_core.files import atomic_path, file_sha256
+from m2e_core.sharding import DistributedContext
 from m2e_core.types import ChordSpan, KeyEstimate
 
 from .datasets import LabeledDataset, TrackRecord
@@ -193,22 +193,9 @@ class TrackFeatures:
         return int(self.segment_embeddings.shape[0])
 
 
-@contextlib.contextmanager
-def atomic_path(target: Path, suffix: str) -> Iterator[Path]:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temporary file and ``os.replace``."""
-    with atomic_path(path, ".tmp") as temporary:
+    with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -493,56 +480,6 @@ class ExtractionReport:
     @property
     def tracks_per_second(self) -> float:
         return self.extracted / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class DistributedContext:
-    """Rank and world size from the ``torchrun`` environment (``RANK``, ``WORLD_SIZE``)."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @classmethod
-    def from_environment(cls) -> DistributedContext:
-        try:
-            rank = int(os.environ.get("RANK", "0"))
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-        except ValueError as error:
-            raise ConfigError(f"RANK / WORLD_SIZE are not integers ({error})") from error
-        if world < 1 or not 0 <= rank < world:
-            raise ConfigError(f"invalid RANK={rank} / WORLD_SIZE={world}")
-        return cls(rank, world)
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def owns(self, name: str) -> bool:
-        """Whether this rank handles ``name`` (a stable hash modulo the world size: disjoint across ranks)."""
-        digest = hashlib.sha256(name.encode("utf-8")).digest()
-        return int.from_bytes(digest[:8], "big") % self.world_size == self.rank
-
-    def shard(self, items: Sequence[Any], *, key: Callable[[Any], str] = str) -> list[Any]:
-        """This rank's share of ``items`` (by :meth:`owns` of ``key(item)``)."""
-        return [item for item in items if self.owns(key(item))]
-
-    def barrier(self) -> None:
-        """Wait for every rank (a no-op in a single process)."""
-        if not self.distributed:
-            return
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            # gloo works on CPU and GPU hosts alike; only a barrier goes through it.
-            dist.init_process_group(backend="gloo")
-        dist.barrier()
-
-    def shutdown(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
 
 
 def _stat_key(path: Path) -> tuple[int, int]:
