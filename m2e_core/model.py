@@ -28,16 +28,14 @@ accepts another list, and the caller must then read tag names from the returned 
 from __future__ import annotations
 
 import _compat_pickle
-import contextlib
 import json
 import math
 import os
 import pickle
-import tempfile
 import threading
 import types
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,7 +45,7 @@ from torch import nn
 
 from .constants import MAX_CHORD_TOKENS, VA_MAX, VA_MIN
 from .errors import CheckpointError, ConfigError, ModelError, WeightsNotFoundError
-from .files import file_sha256
+from .files import atomic_path, file_sha256
 from .vocab import chord_qualities, chord_roots, tag_names
 
 #: Name of the published network this module reproduces.
@@ -465,21 +463,6 @@ def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
         path = path.with_suffix("")
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Write to the yielded temporary path beside ``target``; it replaces ``target`` on success
-    and is removed on failure, so readers never see a partial file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _expected_shapes(config: HeadsConfig) -> dict[str, tuple[int, ...]]:

@@ -325,7 +325,7 @@ def fetch_url(
     CheckpointError
         If the content's sha256 differs from ``sha256``.
     """
-    from .model import atomic_path
+    from .files import atomic_path
 
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("https", "file"):
@@ -470,7 +470,8 @@ def _cached_heads() -> Path | None:
 def _import_into_cache(ckpt: Path, *, name: str | None = None, source: str | None = None,
                        revision: str | None = None, stem: str | None = None) -> Path:
     """Import a published ``.ckpt`` into ``M2E_HOME/heads`` once; later calls find it there."""
-    from .model import file_sha256, import_upstream_checkpoint
+    from .files import file_sha256
+    from .model import import_upstream_checkpoint
 
     if stem is None:
         stem = f"{ckpt.stem}-{file_sha256(ckpt)[:12]}"

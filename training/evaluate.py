@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from m2e_core.errors import ConfigError
+from m2e_core.files import atomic_path
 
-from .cache import atomic_path, write_json_atomic
+from .cache import write_json_atomic
 
 #: Threshold kept for tags without validation positives.
 DEFAULT_THRESHOLD = 0.5
