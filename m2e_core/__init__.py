@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import M2EError
-from .types import Analysis, ChordSpan, KeyEstimate, ModelProvenance, SegmentEmotion, TrackEmotion
+from .types import Analysis, ChordSpan, KeyEstimate, KeySpan, ModelProvenance, SegmentEmotion, TrackEmotion
 
 if TYPE_CHECKING:
     from .pipeline import Analyzer
@@ -26,6 +26,7 @@ __all__ = [
     "Analyzer",
     "ChordSpan",
     "KeyEstimate",
+    "KeySpan",
     "M2EError",
     "ModelProvenance",
     "SegmentEmotion",

@@ -39,6 +39,26 @@ class KeyEstimate:
 
 
 @dataclass(frozen=True)
+class KeySpan:
+    """The local key over ``[start, end)`` seconds (one step of a key timeline)."""
+
+    start: float
+    end: float
+    key: KeyEstimate
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": round(float(self.start), 4), "end": round(float(self.end), 4), **self.key.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeySpan:
+        return cls(float(data["start"]), float(data["end"]), KeyEstimate.from_dict(data))
+
+
+@dataclass(frozen=True)
 class ChordSpan:
     """One chord over ``[start, end)`` seconds."""
 
@@ -72,6 +92,8 @@ class SegmentEmotion:
     valence: float | None
     arousal: float | None
     tags: dict[str, float] = field(hash=False)
+    #: The local key that sounds longest in the segment (from the key timeline), when known.
+    key: KeyEstimate | None = None
 
     def top_tags(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` most probable tags, most probable first."""
@@ -85,6 +107,7 @@ class SegmentEmotion:
             "valence": None if self.valence is None else float(self.valence),
             "arousal": None if self.arousal is None else float(self.arousal),
             "tags": {name: float(prob) for name, prob in self.tags.items()},
+            **({"key": self.key.to_dict()} if self.key is not None else {}),
         }
 
     @classmethod
@@ -96,6 +119,7 @@ class SegmentEmotion:
             None if data.get("valence") is None else float(data["valence"]),
             None if data.get("arousal") is None else float(data["arousal"]),
             {str(name): float(prob) for name, prob in data["tags"].items()},
+            KeyEstimate.from_dict(data["key"]) if data.get("key") else None,
         )
 
 
@@ -157,11 +181,15 @@ class Analysis:
     """Everything m2e says about one track.
 
     ``segments`` and ``track`` are ``None`` when emotion recognition was switched off.
-    ``key`` is the displayed key (a key-profile estimate over the audio's chroma).
-    ``model_key`` is the key the emotion model reads, estimated the way its checkpoint was
-    trained (music21 over the chords); ``normalized_chords`` are the chords transposed with it
-    so its tonic is C (major) or A (minor). ``model_key`` is ``None`` in analyses saved before
-    it existed, and then :attr:`chord_key` falls back to ``key``.
+    ``key`` is the displayed key (a key-profile estimate over the audio's chroma);
+    ``key_timeline`` the local key over time. ``chords`` are the displayed chords.
+    ``model_chords`` are the chords the emotion model read when another recogniser produced
+    them (``None`` when the model read ``chords``). ``model_key`` is the key the emotion model
+    reads, estimated the way its checkpoint was trained (music21 over the model's chords);
+    ``normalized_chords`` are the model's chords transposed with it so its tonic is C (major) or
+    A (minor). ``model_key`` is ``None`` in analyses saved before it existed, and then
+    :attr:`chord_key` falls back to ``key``. ``warnings`` are said once per analysis: things the
+    user should know about the result (e.g. the model read chords it was not trained on).
     """
 
     source: str
@@ -174,6 +202,9 @@ class Analysis:
     provenance: tuple[ModelProvenance, ...]
     version: str = "1"
     model_key: KeyEstimate | None = None
+    key_timeline: tuple[KeySpan, ...] = ()
+    model_chords: tuple[ChordSpan, ...] | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def chord_key(self) -> KeyEstimate:
@@ -187,9 +218,13 @@ class Analysis:
             "duration": round(float(self.duration), 4),
             "key": self.key.to_dict(),
             **({"model_key": self.model_key.to_dict()} if self.model_key is not None else {}),
+            "key_timeline": [span.to_dict() for span in self.key_timeline],
             "chords": [chord.to_dict() for chord in self.chords],
+            **({"model_chords": [chord.to_dict() for chord in self.model_chords]}
+               if self.model_chords is not None else {}),
             "normalized_chords": [chord.to_dict() for chord in self.normalized_chords],
             "provenance": [item.to_dict() for item in self.provenance],
+            "warnings": list(self.warnings),
         }
         if self.segments is not None:
             data["segments"] = [segment.to_dict() for segment in self.segments]
@@ -212,4 +247,8 @@ class Analysis:
             provenance=tuple(ModelProvenance.from_dict(p) for p in data.get("provenance", [])),
             version=str(data.get("version", "1")),
             model_key=KeyEstimate.from_dict(data["model_key"]) if data.get("model_key") else None,
+            key_timeline=tuple(KeySpan.from_dict(item) for item in data.get("key_timeline", [])),
+            model_chords=None if data.get("model_chords") is None
+            else tuple(ChordSpan.from_dict(item) for item in data["model_chords"]),
+            warnings=tuple(str(item) for item in data.get("warnings", [])),
         )
