@@ -109,6 +109,9 @@ _WEIGHT_NORM_V = f"{_POS_CONV}.parametrizations.weight.original1"
 _LAYER_KEY = re.compile(r"^encoder\.layers\.(\d+)\.")
 #: Added to the variance before the square root, as in ``Wav2Vec2FeatureExtractor``.
 _NORMALIZE_EPSILON = 1e-7
+#: The global named in the error of ``torch.load(weights_only=True)`` (its message runs over several
+#: lines and advises ``weights_only=False``, which a user must not follow for a file of unknown origin).
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 #: Segments run through the model at once (30 s segments: about 0.5 GB of activations each).
 _DEFAULT_BATCH_SIZE = 4
 
@@ -218,6 +221,18 @@ def min_input_samples(config: HubertConfig) -> int:
     return int(length)
 
 
+def _first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (torch's messages run over several)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _unpickled_global(error: pickle.UnpicklingError) -> str:
+    """`` (e.g. builtins.print)``: the global torch's safe unpickler refused, when it names one."""
+    match = _REFUSED_GLOBAL.search(str(error))
+    return f" (e.g. {match.group(1)})" if match else ""
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``).
 
@@ -245,10 +260,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise CheckpointError(
-                f"{path} holds objects other than tensors; refusing to unpickle it ({error})"
+                f"{path} holds objects other than tensors{_unpickled_global(error)}; refusing to unpickle it: "
+                "use a model.safetensors or a plain state dict of tensors"
             ) from error
         except (RuntimeError, OSError, EOFError, ValueError) as error:
-            raise CheckpointError(f"cannot read {path}: {error}") from error
+            raise CheckpointError(f"cannot read {path}: {_first_line(error)}") from error
     if not isinstance(state, Mapping) or not all(
         isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
     ):
