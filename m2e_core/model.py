@@ -586,7 +586,7 @@ def load_heads(
         if not required.is_file():
             raise WeightsNotFoundError(
                 f"emotion heads file {required} not found (a checkpoint is a .safetensors file with "
-                "its .json config beside it); run: python -m m2e_core download, or pass another --checkpoint"
+                "its .json config beside it); run: m2e download, or pass another --checkpoint"
             )
     try:
         document = json.loads(config_path.read_text(encoding="utf-8"))

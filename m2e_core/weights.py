@@ -7,7 +7,7 @@ other URLs are streamed over HTTPS, checked against a sha256 and moved into plac
 when complete. Nothing is downloaded when ``allow_download`` is false or the environment
 says offline (``HF_HUB_OFFLINE=1`` or ``M2E_OFFLINE=1``): a missing model then raises
 :class:`~m2e_core.errors.WeightsNotFoundError` naming what is missing and the command that
-fetches everything, ``python -m m2e_core download``.
+fetches everything, ``m2e download`` (or ``python -m m2e_core download``).
 
 Sources
 -------
@@ -45,7 +45,9 @@ from .constants import M2E_HOME_ENV
 from .errors import CheckpointError, ConfigError, M2EError, WeightsNotFoundError
 
 #: The command that fetches every model into the cache.
-DOWNLOAD_COMMAND = "python -m m2e_core download"
+DOWNLOAD_COMMAND = "m2e download"
+#: How to analyse without the emotion weights (key and chords only).
+NO_EMOTION_HINT = "key and chords alone need no download: m2e analyze --no-emotion (Analyzer(emotion=False))"
 #: Cache directory when ``M2E_HOME`` is not set.
 DEFAULT_HOME = Path("~") / ".cache" / "m2e"
 #: Environment variables that switch downloads off (besides ``allow_download=False``).
@@ -134,7 +136,7 @@ def _missing(what: str, where: str, reason: str) -> WeightsNotFoundError:
     return WeightsNotFoundError(
         f"{what} is not available: {where}, and {reason}. Fetch the models once with: "
         f"{DOWNLOAD_COMMAND} (into {m2e_home()}; set {M2E_HOME_ENV} to choose another directory), "
-        "or pass a local path"
+        f"or pass a local path; {NO_EMOTION_HINT}"
     )
 
 
@@ -165,14 +167,30 @@ def _hub_errors() -> tuple[type[BaseException], type[BaseException], tuple[type[
     return remote_missing, errors.LocalEntryNotFoundError, tuple(failures)
 
 
+def shared_hub_cache_dir() -> Path:
+    """The Hugging Face cache of this machine (``HF_HUB_CACHE``, ``HF_HOME/hub`` or ``~/.cache/huggingface/hub``).
+
+    A Space's ``preload_from_hub`` puts its files there at build time.
+    """
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()
+
+
 def cached_hub_file(source: HubFile) -> Path | None:
-    """The cached copy of ``source`` in ``M2E_HOME/hub`` (revision ``main``), or ``None``."""
+    """The cached copy of ``source`` (revision ``main``), or ``None``.
+
+    Looked up in ``M2E_HOME/hub`` first, then in the machine's Hugging Face cache
+    (:func:`shared_hub_cache_dir`), where a Space's ``preload_from_hub`` puts it.
+    """
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(
-        source.repo_id, source.filename, cache_dir=str(hub_cache_dir()), repo_type=source.repo_type
-    )
-    return Path(found) if isinstance(found, str) else None
+    for cache in dict.fromkeys((hub_cache_dir(), shared_hub_cache_dir())):
+        found = try_to_load_from_cache(source.repo_id, source.filename, cache_dir=str(cache),
+                                       repo_type=source.repo_type)
+        if isinstance(found, str):
+            return Path(found)
+    return None
 
 
 def _hub_endpoint() -> str:
@@ -196,7 +214,7 @@ def _check_reachable(url: str, timeout: float = 5.0) -> None:
         raise WeightsNotFoundError(
             f"cannot reach {host} ({error}); the models can only be fetched with internet access: "
             f"run {DOWNLOAD_COMMAND} where the Hub is reachable, or set {M2E_HOME_ENV} to a cache that "
-            "holds them"
+            f"holds them; {NO_EMOTION_HINT}"
         ) from error
 
 
@@ -532,8 +550,10 @@ def resolve_heads(path: str | os.PathLike[str] | None = None, *, allow_download:
     cached = _cached_heads()
     if cached is not None:
         return cached
-    _require_download(HEADS_SOURCE.description, f"it is not in {heads_cache_dir()}", allow_download)
-    ckpt = download_hub_file(HEADS_SOURCE)
+    ckpt = cached_hub_file(HEADS_SOURCE)  # e.g. preloaded into the Hugging Face cache on a Space
+    if ckpt is None:
+        _require_download(HEADS_SOURCE.description, f"it is not in {heads_cache_dir()}", allow_download)
+        ckpt = download_hub_file(HEADS_SOURCE)
     return _import_into_cache(
         ckpt,
         name=f"Music2Emo {HEADS_CACHE_STEM} ({HEADS_SOURCE.repo_id})",
@@ -584,15 +604,15 @@ def describe_missing(*, include_btc: bool = True) -> list[str]:
     items = []
     if _cached_encoder(ENCODER_REPO) is None:
         items.append(f"MERT encoder {ENCODER_REPO} (licence {ENCODER_LICENSE})")
-    if _cached_heads() is None:
+    if _cached_heads() is None and cached_hub_file(HEADS_SOURCE) is None:
         items.append(f"{HEADS_SOURCE.description} from {HEADS_SOURCE.address}")
     if include_btc and cached_hub_file(BTC_SOURCE) is None:
-        items.append(f"{BTC_SOURCE.description} from {BTC_SOURCE.address} (only for the BTC chord backend)")
+        items.append(f"{BTC_SOURCE.description} from {BTC_SOURCE.address} (the chords the emotion model reads)")
     return [f"{item} is not in {m2e_home()}; fetch it with: {DOWNLOAD_COMMAND}" for item in items]
 
 
 def download_all(*, include_btc: bool = True, progress: bool = True) -> dict[str, Path]:
-    """Fetch every default model into the cache (what ``python -m m2e_core download`` runs).
+    """Fetch every default model into the cache (what ``m2e download`` runs).
 
     Models already cached are not fetched again. Every model is attempted even when one
     fails; the error then lists all failures.

@@ -225,6 +225,27 @@ def test_cache_hits_need_no_network(home, no_hub, tmp_path):
     assert describe_missing() == []
 
 
+def test_files_preloaded_into_the_machines_hub_cache_are_found(home, no_hub, tmp_path, monkeypatch):
+    """A Space's preload_from_hub puts the files in the Hugging Face cache, not in M2E_HOME."""
+    from huggingface_hub import constants
+
+    shared = tmp_path / "hf-home"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(shared / "hub"))
+    assert len(describe_missing()) == 3
+    put_in_cache(shared, HubFile(ENCODER_REPO, "config.json", "model", ""), b"{}")
+    put_in_cache(shared, HubFile(ENCODER_REPO, "model.safetensors", "model", ""), b"weights")
+    put_in_cache(shared, BTC_SOURCE, b"btc")
+    put_in_cache(shared, HEADS_SOURCE, lightning_ckpt_bytes(tmp_path))
+    assert describe_missing() == []
+    snapshot = shared / "hub" / "models--m-a-p--MERT-v1-95M" / "snapshots" / REVISION
+    assert resolve_encoder() == snapshot
+    assert resolve_btc().read_bytes() == b"btc"
+    heads = resolve_heads()  # imported once from the preloaded .ckpt into M2E_HOME, nothing downloaded
+    assert heads == home / "heads" / "J_all.safetensors" and heads.with_suffix(".json").is_file()
+    assert describe_missing() == []
+    assert not (home / "hub").exists()
+
+
 def test_encoder_cache_without_weights_is_not_a_hit(home, no_hub):
     put_in_cache(home, HubFile(ENCODER_REPO, "config.json", "model", ""), b"{}")
     with pytest.raises(WeightsNotFoundError, match=DOWNLOAD_COMMAND):
