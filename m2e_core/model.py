@@ -718,21 +718,26 @@ class UnpickledPlaceholder:
         return f"<placeholder for {self.global_name}>"
 
 
-#: Modules a genuine checkpoint never references; naming one marks the file as hostile.
-_HOSTILE_MODULES = frozenset(
-    {"os", "posix", "nt", "sys", "subprocess", "shutil", "socket", "pty", "runpy", "importlib",
-     "ctypes", "code", "codeop", "pickle", "_pickle", "marshal", "webbrowser", "multiprocessing",
-     "signal", "tempfile", "io", "_io"}
+#: Packages whose classes and functions a published Lightning checkpoint's metadata may name
+#: (hyper-parameters, callbacks, loop state). They become inert placeholders; anything else is
+#: refused, whatever it is (``os``, ``timeit``, ``pdb``, the training code's own modules ...).
+_METADATA_PACKAGES = frozenset(
+    {"omegaconf", "pytorch_lightning", "lightning", "lightning_fabric", "torchmetrics", "torch", "numpy",
+     "collections", "typing", "pathlib", "datetime", "argparse", "enum", "hydra", "yaml", "decimal",
+     "fractions", "uuid"}
 )
-_HOSTILE_BUILTINS = frozenset(
-    {"eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr", "globals",
-     "locals", "vars", "input", "breakpoint", "memoryview", "apply", "execfile", "file", "reload"}
+#: Built-in names allowed as placeholders: plain data types only.
+_METADATA_BUILTINS = frozenset(
+    {"dict", "list", "tuple", "set", "frozenset", "int", "float", "complex", "str", "bytes", "bytearray",
+     "bool", "slice", "range", "object", "NoneType"}
 )
 
 
-def _hostile(module: str, name: str) -> bool:
+def _allowed_metadata(module: str, name: str) -> bool:
     root = module.split(".")[0]
-    return root in _HOSTILE_MODULES or (root in ("builtins", "__builtin__") and name in _HOSTILE_BUILTINS)
+    if root in ("builtins", "__builtin__"):
+        return name in _METADATA_BUILTINS
+    return root in _METADATA_PACKAGES
 
 
 def _tensor_globals() -> dict[str, Any]:
@@ -768,7 +773,7 @@ def _fresh_wrapper(function: Any) -> Any:
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Hands out tensor rebuilders and placeholders only; refuses hostile module names.
+    """Hands out tensor rebuilders, and placeholders for allow-listed metadata names; refuses the rest.
 
     ``placeholders`` collects the names replaced during one load (reads are serialised by
     ``_LOAD_LOCK``; ``torch.load`` may build several unpicklers per file).
@@ -787,12 +792,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         elif module in _compat_pickle.IMPORT_MAPPING:
             module = _compat_pickle.IMPORT_MAPPING[module]
         full_name = f"{module}.{name}"
-        if _hostile(module, name):
-            raise pickle.UnpicklingError(
-                f"the pickle references {full_name}, which no genuine checkpoint does; refusing the file"
-            )
         if full_name in self._allowed:
             return self._allowed[full_name]
+        if not _allowed_metadata(module, name):
+            raise pickle.UnpicklingError(
+                f"the pickle references {full_name}, which is not among the classes a checkpoint's metadata "
+                "may name; refusing the file"
+            )
         if full_name not in self.placeholders:
             self.placeholders[full_name] = type(
                 "UnpickledPlaceholder", (UnpickledPlaceholder,), {"global_name": full_name, "__slots__": ()}

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import math
 import os
 import subprocess
+import sys
+import types
 from collections import OrderedDict
 from pathlib import Path
 
@@ -458,10 +462,34 @@ def lightning_checkpoint(path: Path, *, state=None, extra: dict | None = None) -
     return path
 
 
+@contextlib.contextmanager
+def pickled_as(module_name: str, *objects):
+    """Pickle ``objects`` (classes, functions) as if they lived in ``module_name`` (e.g. omegaconf)."""
+    module = types.ModuleType(module_name)
+    saved = [(item, item.__module__) for item in objects]
+    for item in objects:
+        item.__module__ = module_name
+        setattr(module, item.__qualname__, item)
+    previous = sys.modules.get(module_name)
+    sys.modules[module_name] = module
+    try:
+        yield
+    finally:
+        if previous is None:
+            del sys.modules[module_name]
+        else:
+            sys.modules[module_name] = previous
+        for item, original in saved:
+            item.__module__ = original
+
+
 def test_import_published_checkpoint_never_runs_its_code(tmp_path):
     marker = tmp_path / "marker"
     hparams = AttributeDictLike(config=ConfigLike(), payload=MarkerPayload(marker), lr=1e-4)
-    ckpt = lightning_checkpoint(tmp_path / "J_all.ckpt", extra={"hyper_parameters": hparams})
+    # Metadata classes as a Lightning checkpoint names them (omegaconf, lightning): placeholders.
+    with pickled_as("omegaconf", ConfigLike, _write_marker), \
+            pickled_as("lightning_fabric", AttributeDictLike):
+        ckpt = lightning_checkpoint(tmp_path / "J_all.ckpt", extra={"hyper_parameters": hparams})
     out = import_upstream_checkpoint(ckpt, tmp_path / "out" / "heads.safetensors", name="J_all")
     assert not marker.exists()
 
@@ -474,13 +502,40 @@ def test_import_published_checkpoint_never_runs_its_code(tmp_path):
     assert provenance["sha256"] == file_sha256(ckpt)
     assert provenance["dropped_keys"] == ["loss_fn.pos_weight"]
     assert provenance["upstream_epoch"] == 41 and provenance["upstream_global_step"] == 12345
-    assert {f"{__name__}.MarkerPayload", f"{__name__}._write_marker", f"{__name__}.ConfigLike",
-            f"{__name__}.AttributeDictLike"} & set(provenance["placeholder_globals"]) == {
-        f"{__name__}._write_marker", f"{__name__}.ConfigLike", f"{__name__}.AttributeDictLike"}
+    assert set(provenance["placeholder_globals"]) == {
+        "omegaconf._write_marker", "omegaconf.ConfigLike", "lightning_fabric.AttributeDictLike"}
 
     # The payload is live: an ordinary unpickling of the same file runs it.
-    torch.load(ckpt, weights_only=False)
+    with pickled_as("omegaconf", ConfigLike, _write_marker), \
+            pickled_as("lightning_fabric", AttributeDictLike):
+        torch.load(ckpt, weights_only=False)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("target", ["timeit.timeit", "pdb.Pdb", "builtins.print", "own-module"])
+def test_globals_outside_the_allow_list_are_refused_in_one_line(tmp_path, target):
+    if target == "own-module":
+        payload, name = ConfigLike(), f"{__name__}.ConfigLike"
+    else:
+        module, function = target.split(".")
+        payload, name = CallPayload(getattr(importlib.import_module(module), function)), target
+    ckpt = lightning_checkpoint(tmp_path / "odd.ckpt", extra={"hyper_parameters": {"x": payload}})
+    with pytest.raises(CheckpointError) as caught:
+        import_upstream_checkpoint(ckpt, tmp_path / "out")
+    message = str(caught.value)
+    assert name in message and "refus" in message and "\n" not in message
+    assert "weights_only=False" not in message
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+class CallPayload:
+    """Unpickling this calls ``function()``."""
+
+    def __init__(self, function) -> None:
+        self.function = function
+
+    def __reduce__(self):
+        return (self.function, ())
 
 
 @pytest.mark.parametrize("how", ["os.system", "subprocess.call", "eval"])
