@@ -65,7 +65,11 @@ def test_missing_weights_is_one_line(workspace):
     result = run_cli("analyze", str(music / "loop.wav"), "--offline", cwd=cwd, home=root / "home")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "python -m m2e_core download" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:")
+    # Says how to fetch the weights, and how to go on without them.
+    assert "m2e download" in lines[0] and "--no-emotion" in lines[0]
+    assert lines[0].count("--no-emotion") == 1
 
 
 @pytest.mark.slow
@@ -120,3 +124,81 @@ def test_fast_is_refused_without_native_bf16(workspace, monkeypatch, capsys):
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "native bf16" in err[0] and "drop --fast" in err[0]
+
+
+def test_help_names_m2e_and_has_no_markup(capsys):
+    from m2e_core.cli import main
+
+    for argv in (["--help"], ["analyze", "--help"], ["merge", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert text.startswith("usage: m2e ")
+        assert "``" not in text and ":func:" not in text and ":mod:" not in text
+    main_help = subprocess.run([sys.executable, "-m", "m2e_core", "--help"], capture_output=True, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert "--out results.jsonl" in main_help.stdout and "m2e merge" in main_help.stdout
+
+
+@pytest.mark.parametrize("content, words", [(b"", "the file is empty"), (b"ID3" + b"\0" * 64, "cannot decode"),
+                                            (None, "no such file")])
+def test_bad_input_fails_before_any_model_loads(tmp_path, content, words):
+    # Checked before torch is even imported: no model is loaded for an input that cannot be analysed.
+    path = tmp_path / "song.wav"
+    if content is not None:
+        path.write_bytes(content)
+    probe = ("import sys; from m2e_core.cli import main; code = main(['analyze', sys.argv[1]]); "
+             "print('torch' in sys.modules, code)")
+    result = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"), cwd=tmp_path)
+    assert result.stdout.split() == ["False", "1"]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0] and "song.wav" in lines[0]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--shard", "0/2"], "--shard applies to library mode"),
+    (["--out", "r.jsonl", "--json", "x.json"], "drop --json/--csv"),
+    (["--out", "r.jsonl", "--shard", "2/2"], "I must be in 0..N-1"),
+    (["--out", "r.jsonl", "--shard", "half"], "--shard takes I/N"),
+    (["--out", "r.jsonl", "--workers", "0"], "--workers must be >= 1"),
+])
+def test_library_options_are_checked(workspace, capsys, argv, words):
+    from m2e_core.cli import main
+
+    _, music, _ = workspace
+    assert main(["analyze", str(music), *argv, "--no-emotion"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0]
+
+
+def test_merge_command(tmp_path, capsys):
+    from m2e_core.cli import main
+    from m2e_core.library import TrackResult
+
+    first, second = tmp_path / "r.jsonl.shard-0-of-2", tmp_path / "r.jsonl.shard-1-of-2"
+    first.write_bytes(TrackResult("b.wav", "2" * 64, "ok", 1, 1, {"source": "b.wav"}).to_line())
+    second.write_bytes(TrackResult("a.wav", "1" * 64, "failed", 1, 1, error="a.wav: not audio").to_line())
+    assert main(["merge", str(first), str(second), "--out", str(tmp_path / "r.jsonl")]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [(line["path"], line["status"]) for line in lines] == [("a.wav", "failed"), ("b.wav", "ok")]
+    assert "1 results and 1 failures from 2 files" in capsys.readouterr().err
+    assert main(["merge", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "x.jsonl")]) == 1
+
+
+@pytest.mark.slow
+def test_tiny_models_include_a_btc_that_feeds_the_model(workspace):
+    root, music, cwd = workspace
+    tiny = root / "tiny-btc"
+    made = run_cli("make-tiny-models", str(tiny), cwd=cwd, home=root / "home")
+    assert made.returncode == 0, made.stderr
+    assert f"--btc-checkpoint {tiny / 'btc.pt'}" in made.stdout
+    result = run_cli("analyze", str(music / "loop.wav"), "--encoder", str(tiny / "encoder"),
+                     "--checkpoint", str(tiny / "heads.safetensors"), "--btc-checkpoint", str(tiny / "btc.pt"),
+                     cwd=cwd, home=root / "home")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    roles = {item["role"]: item["name"] for item in data["provenance"]}
+    assert roles["chords"] == "btc-large-voca" and roles["model-chords"] == "btc-large-voca"
+    assert data["warnings"] == [] and "warning:" not in result.stderr
