@@ -6,7 +6,8 @@ This module holds the network, its input features and its checkpoint format; the
 Conventions
 -----------
 - Audio: mono float waveform at :data:`BTC_SAMPLE_RATE` (22.05 kHz).
-- Features: constant-Q transform with hop 2048, 144 bins, 24 bins per octave (from C1),
+- Features: constant-Q transform with hop 2048, 144 bins, 24 bins per octave (from C1, moved
+  by the recording's tuning when one is given: :class:`m2e_core.tuning.Tuning`),
   computed on consecutive 10 s chunks and concatenated, then ``log(|cqt| + 1e-6)`` and
   standardised with the checkpoint's scalar ``mean`` / ``std``. A 10 s chunk gives exactly
   :data:`BTC_TIMESTEP` (108) frames, so one frame lasts ``10 / 108`` s.
@@ -36,6 +37,7 @@ from torch import nn
 
 from m2e_core.errors import CheckpointError, ConfigError, InvalidAudioError, WeightsNotFoundError
 from m2e_core.files import file_sha256
+from m2e_core.tuning import NO_TUNING, Tuning
 from m2e_core.vocab import PITCH_CLASSES
 
 __all__ = [
@@ -327,13 +329,16 @@ def quiet_short_signal_fft_warning() -> None:
     )
 
 
-def btc_features(samples: np.ndarray) -> np.ndarray:
+def btc_features(samples: np.ndarray, *, tuning: Tuning = NO_TUNING) -> np.ndarray:
     """Log-CQT features of a mono waveform at 22.05 kHz, computed per 10 s chunk.
 
     Parameters
     ----------
     samples : np.ndarray
         1-D float waveform sampled at :data:`BTC_SAMPLE_RATE`.
+    tuning : Tuning
+        The recording's tuning: the bins move by it, so a detuned recording reads as one at
+        concert pitch (the network was trained on a fixed 440 Hz grid). Default none.
 
     Returns
     -------
@@ -355,6 +360,7 @@ def btc_features(samples: np.ndarray) -> np.ndarray:
             n_bins=BTC_N_BINS,
             bins_per_octave=BTC_BINS_PER_OCTAVE,
             hop_length=BTC_HOP_LENGTH,
+            tuning=tuning.bins(BTC_BINS_PER_OCTAVE),
         )
         blocks.append(np.log(np.abs(cqt) + _LOG_OFFSET).T)
     return np.concatenate(blocks, axis=0).astype(np.float32)

@@ -10,6 +10,12 @@ syntax (``C:maj``, ``A:min7``, ``G:7/3``, ``N`` for no chord).
 - :class:`BtcBackend`: the BTC transformer (170 classes, see :mod:`m2e_core.btc`), from a local
   checkpoint only.
 
+Every backend corrects for the recording's tuning before its constant-Q transform: the
+deviation from A4 = 440 Hz is estimated once per call (:func:`m2e_core.tuning.estimate_tuning`)
+unless the caller passes one (``recognize(samples, rate, tuning=...)``, so one estimate can
+serve every recogniser and the key), and the transform's bins are moved onto the recording's
+grid.
+
 Chord tokens
 ------------
 :func:`parse_chord_label` maps any label to ``(root token, quality token)`` of the vocabularies
@@ -81,6 +87,7 @@ from m2e_core.btc import (
 )
 from m2e_core.errors import ChordRecognitionError, ConfigError, InvalidAudioError, WeightsNotFoundError
 from m2e_core.files import file_sha256
+from m2e_core.tuning import Tuning, estimate_tuning
 from m2e_core.types import ChordSpan, ModelProvenance
 from m2e_core.vocab import PITCH_CLASSES, chord_qualities, chord_roots
 
@@ -424,7 +431,12 @@ class ChordBackend(Protocol):
     provenance: ModelProvenance
 
     def recognize(self, samples: np.ndarray, sample_rate: int) -> tuple[ChordSpan, ...]:
-        """Chord timeline of a mono waveform (any rate; resampled to ``sample_rate`` inside)."""
+        """Chord timeline of a mono waveform (any rate; resampled to ``sample_rate`` inside).
+
+        The backends of this module also take an optional keyword ``tuning``
+        (:class:`m2e_core.tuning.Tuning`): a precomputed estimate, used instead of estimating
+        the tuning again.
+        """
         ...
 
 
@@ -563,7 +575,7 @@ class LvChordiaBackend:
                 self._nets = tuple(nets)
             return self._nets, self._decoder
 
-    def _cqt(self, waveform: np.ndarray) -> np.ndarray:
+    def _cqt(self, waveform: np.ndarray, tuning: Tuning) -> np.ndarray:
         import librosa
 
         quiet_short_signal_fft_warning()
@@ -574,11 +586,14 @@ class LvChordiaBackend:
             fmin=librosa.note_to_hz(_LV_CQT["fmin_note"]),
             n_bins=_LV_CQT["n_bins"],
             bins_per_octave=_LV_CQT["bins_per_octave"],
-            tuning=None,
+            # librosa's tuning=None would estimate it within +-1/6 semitone (half a bin) and wrap
+            # a recording 20 cents flat to 13 cents sharp, one bin off the trained grid.
+            tuning=tuning.bins(_LV_CQT["bins_per_octave"]),
         )
         return np.abs(spectrum.T).astype(np.float32)
 
-    def recognize(self, samples: np.ndarray, sample_rate: int) -> tuple[ChordSpan, ...]:
+    def recognize(self, samples: np.ndarray, sample_rate: int, *,
+                  tuning: Tuning | None = None) -> tuple[ChordSpan, ...]:
         """Chord timeline of a mono waveform.
 
         Parameters
@@ -587,6 +602,8 @@ class LvChordiaBackend:
             1-D float waveform in [-1, 1].
         sample_rate : int
             Its sample rate; resampled to 22.05 kHz inside when different.
+        tuning : Tuning, optional
+            The recording's tuning; estimated from ``samples`` when not given.
 
         Returns
         -------
@@ -606,7 +623,8 @@ class LvChordiaBackend:
         import librosa
 
         try:
-            cqt = self._cqt(_resample(waveform, int(sample_rate), _LV_SAMPLE_RATE))
+            at_rate = _resample(waveform, int(sample_rate), _LV_SAMPLE_RATE)
+            cqt = self._cqt(at_rate, estimate_tuning(at_rate, _LV_SAMPLE_RATE) if tuning is None else tuning)
             features = torch.from_numpy(cqt).to(self.device)
             cuda_scope = torch.cuda.device(self.device) if self.device.type == "cuda" else nullcontext()
             with torch.no_grad(), cuda_scope:
@@ -665,8 +683,12 @@ class BtcBackend:
             source=str(self._btc.path),
         )
 
-    def recognize(self, samples: np.ndarray, sample_rate: int) -> tuple[ChordSpan, ...]:
+    def recognize(self, samples: np.ndarray, sample_rate: int, *,
+                  tuning: Tuning | None = None) -> tuple[ChordSpan, ...]:
         """Chord timeline of a mono waveform (resampled to 22.05 kHz inside).
+
+        ``tuning`` is the recording's tuning (:class:`m2e_core.tuning.Tuning`); estimated from
+        ``samples`` when not given.
 
         Raises
         ------
@@ -680,7 +702,8 @@ class BtcBackend:
         import librosa
 
         try:
-            features = btc_features(_resample(waveform, int(sample_rate), BTC_SAMPLE_RATE))
+            at_rate = _resample(waveform, int(sample_rate), BTC_SAMPLE_RATE)
+            features = btc_features(at_rate, tuning=estimate_tuning(at_rate, BTC_SAMPLE_RATE) if tuning is None else tuning)
             classes = predict_frame_labels(self._btc.model, features, self._btc.mean, self._btc.std)
         except (RuntimeError, ValueError, librosa.util.exceptions.ParameterError) as error:
             raise ChordRecognitionError(f"BTC failed on {duration:.2f} s of audio: {error}") from error

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from m2e_core.errors import ConfigError, InvalidAudioError
+from m2e_core.tuning import NO_TUNING, Tuning, estimate_tuning
 from m2e_core.types import ChordSpan, KeyEstimate, ModelProvenance
 from m2e_core.vocab import PITCH_CLASSES
 
@@ -91,11 +92,14 @@ class Chromagram:
         Hop between frames in seconds.
     duration : float
         Length of the audio the chroma was computed from, in seconds.
+    tuning : Tuning
+        The tuning the constant-Q bins were moved by.
     """
 
     values: np.ndarray = field(repr=False)
     frame_seconds: float
     duration: float
+    tuning: Tuning = NO_TUNING
 
     @property
     def frames(self) -> int:
@@ -118,7 +122,7 @@ def _validate_samples(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def chromagram(samples: np.ndarray, sample_rate: int) -> Chromagram:
+def chromagram(samples: np.ndarray, sample_rate: int, *, tuning: Tuning | None = None) -> Chromagram:
     """Constant-Q chroma of a mono waveform.
 
     Parameters
@@ -127,12 +131,15 @@ def chromagram(samples: np.ndarray, sample_rate: int) -> Chromagram:
         1-D float waveform in [-1, 1].
     sample_rate : int
         Its rate in Hz; resampled to :data:`CHROMA_SAMPLE_RATE` when different.
+    tuning : Tuning, optional
+        The recording's tuning; estimated with :func:`m2e_core.tuning.estimate_tuning` when
+        not given.
 
     Returns
     -------
     Chromagram
-        Magnitude chroma (36 bins per octave, C1 to B7, tuning estimated from the signal, folded
-        to 12 pitch classes); unnormalised so that loudness stays comparable across frames.
+        Magnitude chroma (36 bins per octave, C1 to B7, bins moved by the tuning, folded to 12
+        pitch classes); unnormalised so that loudness stays comparable across frames.
 
     Raises
     ------
@@ -157,6 +164,8 @@ def chromagram(samples: np.ndarray, sample_rate: int) -> Chromagram:
     waveform = _validate_samples(samples, sample_rate)
     duration = waveform.size / float(sample_rate)
     waveform = resample(waveform, int(sample_rate), CHROMA_SAMPLE_RATE)
+    if tuning is None:
+        tuning = estimate_tuning(waveform, CHROMA_SAMPLE_RATE)
     if waveform.size < _MIN_SAMPLES:
         waveform = np.pad(waveform, (0, _MIN_SAMPLES - waveform.size))
     values = librosa.feature.chroma_cqt(
@@ -167,8 +176,10 @@ def chromagram(samples: np.ndarray, sample_rate: int) -> Chromagram:
         n_octaves=7,
         bins_per_octave=36,
         norm=None,
+        tuning=tuning.bins(36),
     )
-    return Chromagram(np.maximum(values, 0.0).astype(np.float32), CHROMA_HOP_LENGTH / CHROMA_SAMPLE_RATE, duration)
+    return Chromagram(np.maximum(values, 0.0).astype(np.float32), CHROMA_HOP_LENGTH / CHROMA_SAMPLE_RATE, duration,
+                      tuning)
 
 
 # -- key ----------------------------------------------------------------------------------------
@@ -294,7 +305,7 @@ def estimate_key_from_chroma(chroma: Chromagram | np.ndarray, *, profile: str = 
 
 
 def estimate_key_from_audio(samples: np.ndarray, sample_rate: int, *,
-                            profile: str = DEFAULT_KEY_PROFILE) -> KeyEstimate:
+                            profile: str | None = None) -> KeyEstimate:
     """Key of a mono waveform from its chroma.
 
     Parameters
@@ -303,8 +314,11 @@ def estimate_key_from_audio(samples: np.ndarray, sample_rate: int, *,
         1-D float waveform in [-1, 1].
     sample_rate : int
         Its rate in Hz.
-    profile : str
-        A name in :data:`KEY_PROFILES`.
+    profile : str, optional
+        ``None`` (default): the displayed key of :func:`m2e_core.tonality.estimate_tonality`
+        (tuned bass and treble chroma, calibrated confidence). A name in
+        :data:`KEY_PROFILES`: that profile over the tuned chroma of :func:`chromagram`, with
+        the correlation as confidence.
 
     Returns
     -------
@@ -323,6 +337,10 @@ def estimate_key_from_audio(samples: np.ndarray, sample_rate: int, *,
     >>> key.tonic, key.mode  # doctest: +SKIP
     ('A', 'minor')
     """
+    if profile is None:
+        from m2e_core.tonality import estimate_tonality
+
+        return estimate_tonality(samples, sample_rate).key
     _profile(profile)
     return estimate_key_from_chroma(chromagram(samples, sample_rate), profile=profile)
 
@@ -418,7 +436,8 @@ class ChromaHmmChordRecognizer:
         self.provenance = ModelProvenance(role="chords", name="chroma-hmm", revision="1", sha256=None,
                                           source=f"m2e_core.chroma ({settings})")
 
-    def recognize(self, samples: np.ndarray, sample_rate: int) -> tuple[ChordSpan, ...]:
+    def recognize(self, samples: np.ndarray, sample_rate: int, *,
+                  tuning: Tuning | None = None) -> tuple[ChordSpan, ...]:
         """Chord timeline of a mono waveform.
 
         Parameters
@@ -427,6 +446,8 @@ class ChromaHmmChordRecognizer:
             1-D float waveform in [-1, 1].
         sample_rate : int
             Its rate in Hz.
+        tuning : Tuning, optional
+            The recording's tuning; estimated from ``samples`` when not given.
 
         Returns
         -------
@@ -439,7 +460,7 @@ class ChromaHmmChordRecognizer:
         InvalidAudioError
             If the waveform is unusable.
         """
-        return self.recognize_chroma(chromagram(samples, sample_rate))
+        return self.recognize_chroma(chromagram(samples, sample_rate, tuning=tuning))
 
     def recognize_chroma(self, chroma: Chromagram) -> tuple[ChordSpan, ...]:
         """Chord timeline of a precomputed :class:`Chromagram`."""

@@ -11,6 +11,10 @@ Conventions
   that is the form the emotion model was trained on.
 - Chord tokens: one ``(root, quality)`` token per chord change (see
   :func:`m2e_core.chords.parse_chord_label`), at most ``max_tokens``, zero-padded.
+- Display spelling (:func:`spell_key`, :func:`spell_chord_label`): labels stay sharp-only
+  inside m2e; for display, roots are spelled with flats in the flat keys (F, Bb, Eb, Ab, Db, Gb
+  major; D, G, C, F, Bb, Eb minor) and with sharps in every other key. Only the five black keys
+  change name (``A#`` -> ``Bb``); naturals keep theirs (no ``Cb`` or ``E#``).
 """
 
 from __future__ import annotations
@@ -19,12 +23,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from m2e_core.chords import chord_pitch_classes, parse_chord_label, transpose_chord_label
+from m2e_core.chords import chord_pitch_classes, is_no_chord, parse_chord_label, transpose_chord_label
 from m2e_core.constants import MAX_CHORD_TOKENS
 from m2e_core.types import ChordSpan, KeyEstimate
 from m2e_core.vocab import PITCH_CLASSES, pitch_class
 
-__all__ = ["NEUTRAL_KEY", "encode_chord_tokens", "estimate_key", "normalize_chords"]
+__all__ = [
+    "NEUTRAL_KEY",
+    "encode_chord_tokens",
+    "estimate_key",
+    "normalize_chords",
+    "spell_chord_label",
+    "spell_key",
+    "uses_flats",
+]
 
 #: Returned when there is no chord at all: C major with confidence 0 (see :func:`estimate_key`).
 NEUTRAL_KEY = KeyEstimate("C", "major", 0.0)
@@ -33,6 +45,10 @@ NEUTRAL_KEY = KeyEstimate("C", "major", 0.0)
 _BASE_MIDI = 48
 #: Tonic pitch class every normalised key lands on.
 _TARGET_TONIC = {"major": 0, "minor": 9}
+#: Tonic pitch classes of the keys spelled with flats: F Bb Eb Ab Db Gb major, D G C F Bb Eb minor.
+_FLAT_TONICS = {"major": frozenset({5, 10, 3, 8, 1, 6}), "minor": frozenset({2, 7, 0, 5, 10, 3})}
+#: Flat names of the black keys, by pitch class.
+_FLAT_NAMES = {1: "Db", 3: "Eb", 6: "Gb", 8: "Ab", 10: "Bb"}
 
 
 def _check_spans(chords: Sequence[ChordSpan]) -> None:
@@ -171,3 +187,89 @@ def encode_chord_tokens(chords: Sequence[ChordSpan], *,
         roots[: len(kept)] = [root for root, _ in kept]
         qualities[: len(kept)] = [quality for _, quality in kept]
     return roots, qualities
+
+
+def uses_flats(key: KeyEstimate) -> bool:
+    """True when ``key`` is written with flats (F, Bb, Eb, Ab, Db, Gb major; D, G, C, F, Bb, Eb minor).
+
+    Raises
+    ------
+    ValueError
+        If the key's mode is not major/minor or its tonic is not a note name.
+    """
+    shift = _shift_to_reference(key)  # validates mode and tonic
+    return (_TARGET_TONIC[key.mode] - shift) % 12 in _FLAT_TONICS[key.mode]
+
+
+def _spell_pitch_class(pitch: int, flats: bool) -> str:
+    return _FLAT_NAMES[pitch] if flats and pitch in _FLAT_NAMES else PITCH_CLASSES[pitch]
+
+
+def spell_key(key: KeyEstimate) -> str:
+    """A key's display name, its tonic spelled as the key is written.
+
+    Parameters
+    ----------
+    key : KeyEstimate
+
+    Returns
+    -------
+    str
+        ``"<tonic> <mode>"``, e.g. ``"Eb major"``, ``"C# minor"``.
+
+    Raises
+    ------
+    ValueError
+        If the key's mode is not major/minor or its tonic is not a note name.
+
+    Examples
+    --------
+    >>> spell_key(KeyEstimate("A#", "major", 0.9)), spell_key(KeyEstimate("C#", "minor", 0.9))
+    ('Bb major', 'C# minor')
+    """
+    flats = uses_flats(key)
+    tonic = (_TARGET_TONIC[key.mode] - _shift_to_reference(key)) % 12
+    return f"{_spell_pitch_class(tonic, flats)} {key.mode}"
+
+
+def spell_chord_label(label: str, key: KeyEstimate) -> str:
+    """A chord label for display, its root spelled in the key's context.
+
+    The rest of the label (quality, added degrees, the bass as an interval) is unchanged;
+    ``N``, ``X`` and labels without a readable root are returned as they are. Internal labels
+    stay sharp-only: use this for display only.
+
+    Parameters
+    ----------
+    label : str
+        A chord label (Harte syntax, any root spelling).
+    key : KeyEstimate
+        The key the chord sounds in.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    TypeError
+        If ``label`` is not a string.
+    ValueError
+        If the key's mode is not major/minor or its tonic is not a note name.
+
+    Examples
+    --------
+    >>> spell_chord_label("A#:maj7/3", KeyEstimate("F", "major", 0.9))
+    'Bb:maj7/3'
+    >>> spell_chord_label("Bb:min", KeyEstimate("E", "major", 0.9))
+    'A#:min'
+    """
+    if not isinstance(label, str):
+        raise TypeError(f"a chord label must be a string, got {type(label).__name__}: {label!r}")
+    flats = uses_flats(key)
+    if is_no_chord(label):
+        return label
+    sharp = transpose_chord_label(label, 0)  # root respelled with sharps, the rest kept
+    root = PITCH_CLASSES.index(sharp[:2] if len(sharp) > 1 and sharp[1] == "#" else sharp[:1])
+    name = PITCH_CLASSES[root]
+    return _spell_pitch_class(root, flats) + sharp[len(name):]

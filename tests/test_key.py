@@ -146,3 +146,54 @@ def test_encode_chord_tokens_truncates_and_pads():
     assert roots.tolist() == qualities.tolist() == [0] * 5
     with pytest.raises(ValueError):
         encode_chord_tokens(alternating, max_tokens=0)
+
+
+# -- display spelling ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tonic, mode, spelled",
+    [
+        ("A#", "major", "Bb major"), ("D#", "major", "Eb major"), ("G#", "major", "Ab major"),
+        ("C#", "major", "Db major"), ("F#", "major", "Gb major"), ("F", "major", "F major"),
+        ("E", "major", "E major"), ("B", "major", "B major"), ("Bb", "major", "Bb major"),
+        ("C", "minor", "C minor"), ("A#", "minor", "Bb minor"), ("D#", "minor", "Eb minor"),
+        ("C#", "minor", "C# minor"), ("G#", "minor", "G# minor"), ("F#", "minor", "F# minor"),
+    ],
+)
+def test_spell_key(tonic, mode, spelled):
+    from m2e_core.key import spell_key
+
+    assert spell_key(KeyEstimate(tonic, mode, 0.5)) == spelled
+
+
+@pytest.mark.parametrize(
+    "label, key, spelled",
+    [
+        ("A#:maj7/3", KeyEstimate("F", "major", 0.9), "Bb:maj7/3"),
+        ("D#:maj", KeyEstimate("C", "minor", 0.9), "Eb:maj"),
+        ("G#:7", KeyEstimate("D#", "major", 0.9), "Ab:7"),
+        ("C#:min", KeyEstimate("A#", "minor", 0.9), "Db:min"),
+        ("Bb:min", KeyEstimate("E", "major", 0.9), "A#:min"),  # sharps in sharp keys, whatever came in
+        ("G#:dim", KeyEstimate("A", "minor", 0.9), "G#:dim"),
+        ("F#:hdim7", KeyEstimate("G", "major", 0.9), "F#:hdim7"),
+        ("C:maj", KeyEstimate("A#", "major", 0.9), "C:maj"),  # naturals keep their names
+        ("N", KeyEstimate("F", "major", 0.9), "N"),
+        ("X", KeyEstimate("F", "major", 0.9), "X"),
+    ],
+)
+def test_spell_chord_label(label, key, spelled):
+    from m2e_core.key import spell_chord_label
+
+    assert spell_chord_label(label, key) == spelled
+
+
+def test_spelling_checks_its_input():
+    from m2e_core.key import spell_chord_label, spell_key
+
+    with pytest.raises(TypeError):
+        spell_chord_label(None, KeyEstimate("C", "major", 0.5))
+    with pytest.raises(ValueError):
+        spell_key(KeyEstimate("H", "major", 0.5))
+    with pytest.raises(ValueError):
+        spell_key(KeyEstimate("C", "dorian", 0.5))
