@@ -70,13 +70,15 @@ BASS_WEIGHT = 0.5
 KEY_TEMPERATURE = 0.04
 #: Largest score gap (correlation) at which the bass may choose the relative key instead.
 RELATIVE_MARGIN = 0.05
-#: Softmax temperature of one window's key scores in the timeline.
-LOCAL_TEMPERATURE = 0.1
-#: Length of the windows of the timeline and the step between them, seconds.
-WINDOW_SECONDS = 12.0
+#: Softmax temperature of one window's key scores in the timeline. Overlapping windows share
+#: their evidence, so each counts for less than a whole-track estimate (a higher temperature).
+LOCAL_TEMPERATURE = 0.2
+#: Length of the windows of the timeline and the step between them, seconds (chosen on
+#: rendered chorales and pairs of them, see ``benchmarks/chords_keys.py``: 8-30 s windows tried).
+WINDOW_SECONDS = 20.0
 STEP_SECONDS = 1.0
 #: Probability of changing key from one step to the next (to any of the 23 other keys alike).
-SWITCH_PROBABILITY = 0.01
+SWITCH_PROBABILITY = 1e-4
 
 _MODES = ("major", "minor")
 _BINS_PER_OCTAVE = 36
