@@ -125,7 +125,8 @@ def test_extraction_is_keyed_resumable_and_reports_failures(tmp_path, chord_back
     outcomes: list[str] = []
     first = extract_features([dataset], settings, cache, extractor=extractor, progress=False,
                              on_track=lambda track, outcome: outcomes.append(outcome))
-    assert (first.extracted, first.skipped, first.failed) == (3, 0, ())
+    assert (first.tracks, first.extracted, first.cached, first.failed) == (3, 3, 0, ())
+    assert first.summary() == "3 tracks: 3 extracted, 0 already cached, 0 failed"
     features = cache.features_for(dataset, settings)
     assert set(features) == {track.track_id for track in dataset.tracks}
 
@@ -144,7 +145,7 @@ def test_extraction_is_keyed_resumable_and_reports_failures(tmp_path, chord_back
     outcomes.clear()
     again = extract_features([dataset], settings, cache, extractor=extractor, progress=False,
                              on_track=lambda track, outcome: outcomes.append(outcome))
-    assert (again.extracted, again.skipped) == (0, 3) and outcomes == ["skipped"] * 3
+    assert (again.extracted, again.cached) == (0, 3) and outcomes == ["cached"] * 3
 
     # Another keyed setting (segment length) is a different entry.
     longer = dataclasses.replace(settings, segment_seconds=1.5)
@@ -157,7 +158,7 @@ def test_extraction_is_keyed_resumable_and_reports_failures(tmp_path, chord_back
     # A missing file is reported, recorded in the index, and refused by training unless allowed.
     track.audio_path.unlink()
     broken = extract_features([dataset], settings, cache, extractor=extractor, progress=False)
-    assert len(broken.failed) == 1 and broken.skipped == 2
+    assert len(broken.failed) == 1 and (broken.tracks, broken.cached, broken.failed_tracks) == (3, 2, 1)
     with pytest.raises(MissingFeaturesError, match="not readable"):
         cache.features_for(dataset, settings)
     assert len(cache.features_for(dataset, settings, allow_missing=True)) == 2

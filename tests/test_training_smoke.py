@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,15 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
 @pytest.mark.slow
-def test_smoke_pipeline_end_to_end(tmp_path, capsys, chord_backend, restore_threads):
+def test_smoke_pipeline_end_to_end(tmp_path, capsys, chord_backend, restore_threads, umask_022):
     from training.cli import main
 
     config = yaml.safe_load(SMOKE.read_text(encoding="utf-8"))
@@ -70,7 +79,8 @@ def test_smoke_pipeline_end_to_end(tmp_path, capsys, chord_backend, restore_thre
     # A second extraction finds everything cached.
     assert main(["extract", "--config", str(path), "--workdir", str(workdir), "--no-progress"]) == 0
     again = capsys.readouterr().out
-    assert again.startswith("extracted 0, already cached ") and "failed 0" in again
+    tracks = len(list((workdir / "data" / "synth" / "audio").glob("*.wav")))
+    assert again.startswith(f"{tracks} tracks: 0 extracted, {tracks} already cached, 0 failed ("), again
 
     # Evaluation of the saved checkpoint from the command line.
     assert main(["--quiet", "evaluate", "--config", str(path), "--workdir", str(workdir), "--checkpoint",
@@ -90,3 +100,9 @@ def test_smoke_pipeline_end_to_end(tmp_path, capsys, chord_backend, restore_thre
     starts = [segment.start for segment in analysis.segments]
     assert len(starts) >= 2 and starts == [float(i) for i in range(len(starts))]
     assert analysis.segments[-1].end == pytest.approx(analysis.duration, abs=1e-3)
+
+    # Every file the run wrote (synthetic audio, cache, tiny encoder, checkpoints, reports) has
+    # the permissions the umask gives, as a plain open() would.
+    modes = {path: stat.S_IMODE(path.stat().st_mode) for path in [*workdir.rglob("*"), *(tmp_path / "eval").rglob("*")]}
+    wrong = {str(path): oct(mode) for path, mode in modes.items() if mode != (0o755 if path.is_dir() else 0o644)}
+    assert len(modes) > 50 and wrong == {}

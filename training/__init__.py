@@ -4,7 +4,7 @@ The package turns the four public emotion datasets (MTG-Jamendo mood/theme, DEAM
 EmoMusic) or any manifest in the :mod:`m2e_core.labels` format into checkpoints that
 :func:`m2e_core.model.load_heads`, the Analyzer, the command line and the app read directly.
 
-Stages (each one a subcommand of ``python -m training``):
+Stages (each one a subcommand of ``m2e-train``, also ``python -m training``):
 
 1. ``synth``: write a small synthetic dataset whose labels follow from the audio (smoke runs).
 2. ``extract``: MERT segment embeddings, chords and key per track into a content-addressed

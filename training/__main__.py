@@ -11,4 +11,4 @@ use_huge_pages()  # PyTorch reads the setting once, when it first allocates: bef
 from .cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m training"))

@@ -40,7 +40,7 @@ import numpy as np
 from m2e_core.audio import Audio, load_audio, prepare_waveform, resample, segment_audio
 from m2e_core.constants import MAX_CHORD_TOKENS
 from m2e_core.errors import ConfigError, M2EError
-from m2e_core.files import atomic_path, file_sha256
+from m2e_core.files import atomic_path, current_umask, file_sha256
 from m2e_core.sharding import DistributedContext
 from m2e_core.types import ChordSpan, KeyEstimate
 
@@ -55,7 +55,7 @@ TINY_ENCODER = "tiny"
 
 
 class MissingFeaturesError(ConfigError):
-    """Tracks a run needs have no features in the cache (run ``python -m training extract``)."""
+    """Tracks a run needs have no features in the cache (run ``m2e-train extract``)."""
 
 
 # -- settings and identity -------------------------------------------------------------------
@@ -340,7 +340,7 @@ class FeatureCache:
             message = (f"{len(missing)} of {len(dataset.tracks)} tracks of {dataset.name!r} have no features in "
                        f"{self.directory} for these settings (first: {missing[:3]})")
             if not allow_missing:
-                raise MissingFeaturesError(f"{message}; run: python -m training extract --config <config>")
+                raise MissingFeaturesError(f"{message}; run: m2e-train extract --config <config> (or set extract_missing: true)")
             log.warning("%s; leaving them out (allow_missing)", message)
         return loaded
 
@@ -371,6 +371,8 @@ def resolve_encoder_dir(settings: FeatureSettings, cache: FeatureCache) -> Path:
             cache.directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=cache.directory, prefix=".tiny-") as scratch:
                 made = make_tiny_encoder(Path(scratch) / "encoder", seed=0)
+                for written in made.iterdir():  # safetensors writes 0600 whatever the umask
+                    os.chmod(written, 0o666 & ~current_umask())
                 directory.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     os.replace(made, directory)
@@ -469,17 +471,66 @@ class FeatureExtractor:
 
 @dataclass(frozen=True)
 class ExtractionReport:
-    """What one extraction run (one rank) did."""
+    """What one extraction run (one rank) did.
 
+    A *track* is one audio file (or one excerpt of a file) by content; a *listing* is one
+    dataset naming it. Several listings can name one track (a manifest listed once per task, or
+    the same file in two datasets): the track is extracted once. The counts add up:
+    ``tracks == extracted + cached + failed_tracks`` and ``listings >= tracks``.
+
+    Attributes
+    ----------
+    datasets : int
+        Datasets whose listings were read.
+    listings : int
+        Listings in this rank's shard, over all datasets.
+    tracks : int
+        Distinct tracks those listings name.
+    extracted : int
+        Tracks extracted by this run.
+    cached : int
+        Tracks that already had features in the cache.
+    failed : tuple of (str, str)
+        ``("<dataset>/<track id>", error)`` for every listing whose track failed.
+    failed_tracks : int
+        Distinct tracks among ``failed``.
+    multi_listed : int
+        Tracks named by more than one listing.
+    seconds, audio_seconds : float
+        Wall time of the run, and the duration of the audio extracted.
+    """
+
+    datasets: int
+    listings: int
+    tracks: int
     extracted: int
-    skipped: int
+    cached: int
     failed: tuple[tuple[str, str], ...]
+    failed_tracks: int
+    multi_listed: int
     seconds: float
     audio_seconds: float
 
     @property
     def tracks_per_second(self) -> float:
         return self.extracted / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line that says what happened, with counts that add up.
+
+        Examples
+        --------
+        ``120 tracks: 120 extracted, 0 already cached, 0 failed (152 listings in 2 datasets:
+        32 tracks listed twice, extracted once)``
+        """
+        text = (f"{self.tracks} tracks: {self.extracted} extracted, {self.cached} already cached, "
+                f"{self.failed_tracks} failed")
+        if self.listings != self.tracks:
+            times = "twice" if self.listings - self.tracks == self.multi_listed else "more than once"
+            text += (f" ({self.listings} listings in {self.datasets} dataset{'s' if self.datasets != 1 else ''}: "
+                     f"{self.multi_listed} track{'s' if self.multi_listed != 1 else ''} listed {times}, "
+                     "extracted once)")
+        return text
 
 
 def _stat_key(path: Path) -> tuple[int, int]:
@@ -510,16 +561,19 @@ def extract_features(
     extractor : FeatureExtractor, optional
         Loaded models to reuse (built from ``settings`` otherwise).
     progress : bool
-        Show a tqdm bar.
+        Show a tqdm bar (on a terminal only).
     on_track : callable, optional
-        ``on_track(track_id, outcome)`` with outcome ``"extracted"``, ``"skipped"`` or ``"failed"``.
+        ``on_track(track_id, outcome)`` per listing, with outcome ``"extracted"``, ``"cached"``
+        (features already in the cache), ``"repeat"`` (the track of an earlier listing of this run)
+        or ``"failed"`` (also after ``"repeat"`` when the track then fails).
 
     Returns
     -------
     ExtractionReport
         This rank's counts. A track that fails (missing or undecodable audio, ...) is recorded
-        with its error in the index and reported; the others go on. An audio file listed in two
-        datasets is extracted once (its second listing counts as skipped).
+        with its error in the index of every dataset listing it, and reported; the others go on.
+        An audio file listed in two datasets is extracted once (its second listing is a
+        ``repeat``, counted in ``listings`` but not again in ``tracks``).
     """
     import time
 
@@ -541,20 +595,29 @@ def extract_features(
     records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in names}
     failed: list[tuple[str, str]] = []
     todo: list[tuple[str, TrackRecord, dict[str, Any]]] = []
-    queued: set[str] = set()
-    skipped = 0
 
     def note(outcome: str, track_id: str) -> None:
         if on_track is not None:
             on_track(track_id, outcome)
 
+    # Every listing of one track (by content key; by path for an unreadable file) shares its fate.
+    listings_of: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    cached = 0
+
+    def listed(identity_key: str, name: str, track_id: str, record: dict[str, Any]) -> bool:
+        """Note a listing; whether its track was listed before in this run."""
+        before = identity_key in listings_of
+        listings_of.setdefault(identity_key, []).append((name, track_id, record))
+        return before
+
     for name, track in shard:
         record: dict[str, Any] = {"path": str(track.audio_path)}
+        records[name][track.track_id] = record
         try:
             size, mtime = _stat_key(track.audio_path)
         except OSError as error:
             record["error"] = f"audio file not readable: {error.strerror or error}"
-            records[name][track.track_id] = record
+            listed(f"file:{track.audio_path}|{track.start}|{track.end}", name, track.track_id, record)
             failed.append((f"{name}/{track.track_id}", record["error"]))
             note("failed", track.track_id)
             continue
@@ -566,18 +629,19 @@ def extract_features(
             digest = file_sha256(track.audio_path)
         span = None if track.start is None or track.end is None else (track.start, track.end)
         record.update(size=size, mtime_ns=mtime, sha256=digest, key=cache_key(digest, identity, span))
-        records[name][track.track_id] = record
-        if cache.has(record["key"]) or record["key"] in queued:
-            skipped += 1
-            note("skipped", track.track_id)
+        if listed(record["key"], name, track.track_id, record):
+            note("repeat", track.track_id)
+        elif cache.has(record["key"]):
+            cached += 1
+            note("cached", track.track_id)
         else:
-            queued.add(record["key"])
             todo.append((name, track, record))
 
     extracted = 0
     audio_seconds = 0.0
+    failed_keys: set[str] = set()
     bar = tqdm(total=len(todo), desc=f"extract (rank {context.rank})" if context.distributed else "extract",
-               unit="track", disable=not progress or not todo)
+               unit="track", disable=True if not progress or not todo else None)  # None: on a terminal only
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
         pending: list[tuple[str, TrackRecord, dict[str, Any], concurrent.futures.Future]] = []
         queue = iter(todo)
@@ -599,10 +663,12 @@ def extract_features(
                 features = extractor.extract(audio, chord_samples)
                 cache.write(record["key"], features, identity=identity, source=str(track.audio_path))
             except M2EError as error:
-                record.pop("key", None)
-                record["error"] = str(error)
-                failed.append((f"{name}/{track.track_id}", str(error)))
-                note("failed", track.track_id)
+                failed_keys.add(record["key"])
+                for other_name, track_id, other in listings_of[record["key"]]:
+                    other.pop("key", None)
+                    other["error"] = str(error)
+                    failed.append((f"{other_name}/{track_id}", str(error)))
+                    note("failed", track_id)
             else:
                 extracted += 1
                 audio_seconds += features.duration
@@ -610,7 +676,19 @@ def extract_features(
             bar.update(1)
     bar.close()
     _write_indexes(cache, settings, records, context)
-    return ExtractionReport(extracted, skipped, tuple(failed), time.perf_counter() - started, audio_seconds)
+    failed_tracks = len(failed_keys) + sum(key.startswith("file:") for key in listings_of)
+    return ExtractionReport(
+        datasets=len(names),
+        listings=len(shard),
+        tracks=len(listings_of),
+        extracted=extracted,
+        cached=cached,
+        failed=tuple(failed),
+        failed_tracks=failed_tracks,
+        multi_listed=sum(len(items) > 1 for items in listings_of.values()),
+        seconds=time.perf_counter() - started,
+        audio_seconds=audio_seconds,
+    )
 
 
 def _write_indexes(

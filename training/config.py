@@ -26,9 +26,15 @@ Dataset entries (``name`` and ``kind`` always)::
                      split_seed (0), split_fractions ([0.7, 0.15, 0.15])
     kind: manifest   manifest, task (tags | va), split_seed, split_fractions
 
-Relative paths are resolved against the work directory (``--workdir``, default the current
-directory); ``~`` and ``${VAR}`` are expanded. Unknown keys are errors, so a typo never passes
-silently.
+Relative paths in a config (``cache_dir``, ``output_dir``, ``synthetic.out``, manifests, split
+files, tables, annotations, audio directories, teachers, a local ``features.encoder``
+directory) are resolved against the work directory (``--workdir``, default the current
+directory), never against the config file's own folder, so one config serves any machine that
+lays its data out the same way under its work directory; ``~`` and ``${VAR}`` are expanded
+first, and absolute paths are kept. Unknown keys are errors, so a typo never passes silently.
+
+A config is a YAML file, or the name of one shipped in ``training/configs`` (``smoke``,
+``jamendo``, ...; see :func:`packaged_configs`) when no file of that name exists.
 """
 
 from __future__ import annotations
@@ -123,6 +129,12 @@ class TrainSettings:
     hidden_dim, branch_dim : int
         Trunk and branch widths (512 / 256 published).
     kd : KDSettings
+    log_every : int
+        A summary line every ``log_every`` epochs (and for the first, the last and the best
+        epoch); 0: only those three.
+    deterministic : bool
+        ``torch.use_deterministic_algorithms``: an op without a deterministic implementation
+        is an error (set false to train with it; the run is then not bit-reproducible).
     """
 
     device: str = "auto"
@@ -138,6 +150,8 @@ class TrainSettings:
     hidden_dim: int = 512
     branch_dim: int = 256
     kd: KDSettings = field(default_factory=KDSettings)
+    log_every: int = 10
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):
@@ -148,12 +162,14 @@ class TrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"training.{name} must be a positive integer, got {value!r}")
-        for name in ("patience", "num_workers"):
+        for name in ("patience", "num_workers", "log_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"training.{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
             raise ConfigError(f"training.learning_rate must be positive, got {self.learning_rate!r}")
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError(f"training.deterministic must be true or false, got {self.deterministic!r}")
         if self.stop_on not in STOP_ON:
             raise ConfigError(f"training.stop_on must be one of {STOP_ON}, got {self.stop_on!r}")
         if self.mixing not in MIXING:
@@ -372,8 +388,43 @@ def parse_config(data: Mapping[str, Any], *, workdir: str | os.PathLike[str] | N
     )
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The configs shipped with the package: ``name -> file`` (``smoke``, ``jamendo``, ...)."""
+    from importlib.resources import files
+
+    folder = files("training") / "configs"
+    return {Path(entry.name).stem: Path(str(entry)) for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+            if entry.name.endswith(".yaml") and entry.is_file()}
+
+
+def resolve_config_path(path: str | os.PathLike[str]) -> Path:
+    """The file ``path`` names: itself when it exists, else the packaged config of that name.
+
+    A bare name (``smoke``, ``smoke.yaml``: no directory part) that is not a file in the current
+    directory names a config shipped with the package, so ``--config smoke`` works from any
+    directory. A path with a directory part is only ever that file.
+
+    Raises
+    ------
+    ConfigError
+        Neither exists (the message lists the packaged configs).
+    """
+    source = Path(os.path.expanduser(os.fspath(path)))
+    if source.is_file():
+        return source
+    packaged = packaged_configs()
+    if source.parent == Path(".") and source.suffix in ("", ".yaml", ".yml"):
+        stem = source.name[: -len(source.suffix)] if source.suffix else source.name
+        if stem in packaged:
+            return packaged[stem]
+    raise ConfigError(f"config file not found: {source} (a YAML file, or one of the packaged configs: "
+                      f"{', '.join(packaged)})")
+
+
 def load_config(path: str | os.PathLike[str], *, workdir: str | os.PathLike[str] | None = None) -> RunConfig:
-    """Read a YAML run config.
+    """Read a YAML run config: a file, or a packaged config by name (:func:`resolve_config_path`).
+
+    Relative paths inside it are resolved against ``workdir`` (default: the current directory).
 
     Raises
     ------
@@ -382,9 +433,7 @@ def load_config(path: str | os.PathLike[str], *, workdir: str | os.PathLike[str]
     """
     import yaml
 
-    source = Path(path)
-    if not source.is_file():
-        raise ConfigError(f"config file not found: {source}")
+    source = resolve_config_path(path)
     try:
         data = yaml.safe_load(source.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:

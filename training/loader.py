@@ -8,16 +8,21 @@ the mean of all segments (the track-level input the Analyzer uses).
 Chord input of an augmented example (``span_chords``): ``"track"`` (default, as the published
 training) gives the whole track's chord tokens; ``"window"`` gives the tokens of the chords
 sounding inside the chosen run, as the Analyzer feeds per-segment predictions.
+
+Reproducibility: a training loader draws its order and every item's span from one seeded
+generator in the main process (:class:`SpanSampler`: each item arrives as ``(index, span
+seed)``), so an epoch's batches are the same whatever the number of loader workers and
+whichever worker reads an item.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from m2e_core.constants import MAX_CHORD_TOKENS
 from m2e_core.errors import ConfigError
@@ -125,12 +130,19 @@ class FeatureDataset(Dataset):
             return np.zeros((0, width), dtype=np.float32)
         return np.stack([example.target for example in self.examples])
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """The item ``index``, or ``(index, span seed)`` (from :class:`SpanSampler`).
+
+        With a span seed the augmented span follows from it alone; with a bare index it is drawn
+        from torch's global generator.
+        """
+        index, span_seed = (int(item[0]), int(item[1])) if isinstance(item, (tuple, list)) else (int(item), None)
         example = self.examples[index]
         features = example.features
         roots, qualities = features.chord_roots, features.chord_qualities
         if self.augment:
-            start, stop = sample_span(features.num_segments)
+            generator = None if span_seed is None else torch.Generator().manual_seed(span_seed)
+            start, stop = sample_span(features.num_segments, generator)
             mert = features.segment_embeddings[start:stop].mean(axis=0)
             if self.span_chords == "window":
                 roots, qualities = window_tokens(features, start, stop)
@@ -144,3 +156,23 @@ class FeatureDataset(Dataset):
             "target": torch.from_numpy(example.target),
             "index": torch.tensor(index, dtype=torch.int64),
         }
+
+
+class SpanSampler(Sampler):
+    """A shuffled epoch of ``(index, span seed)`` pairs, both drawn from ``generator``.
+
+    The main process draws everything, so the batches of a seeded run do not depend on the
+    number of loader workers (whose own generators are seeded per worker).
+    """
+
+    def __init__(self, size: int, generator: torch.Generator) -> None:
+        self.size = int(size)
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.size, generator=self.generator).tolist()
+        seeds = torch.randint(0, 2**62, (self.size,), generator=self.generator).tolist()
+        return iter(zip(order, seeds))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,12 +54,14 @@ from .evaluate import (
     va_metrics,
     write_report,
 )
-from .loader import FeatureDataset, make_examples
+from .loader import FeatureDataset, SpanSampler, make_examples
 from .losses import TagClassWeights, combine, distillation_loss, tag_class_weights, va_mse, weighted_bce
 
 log = logging.getLogger("training")
 
 _EVAL_BATCH = 64
+#: cuBLAS workspace setting that makes its results deterministic (torch's reproducibility notes).
+CUBLAS_WORKSPACE = ":4096:8"
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -190,8 +193,9 @@ def train_step(
 
 
 def _eval_loader(dataset: FeatureDataset, device: torch.device, settings: TrainSettings) -> DataLoader:
+    # A generator of its own: iterating the loader then draws nothing from torch's global one.
     return DataLoader(dataset, batch_size=_EVAL_BATCH, shuffle=False, num_workers=settings.num_workers,
-                      pin_memory=device.type == "cuda")
+                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()
@@ -248,6 +252,16 @@ class FitResult:
         return self.examples / self.seconds if self.seconds > 0 else 0.0
 
 
+def _train_loader(source: TaskData, settings: TrainSettings, device: torch.device,
+                  generator: torch.Generator) -> DataLoader:
+    """Shuffled batches with augmented spans; order and spans from seeds drawn from ``generator``."""
+    return DataLoader(source.train, batch_size=settings.batch_size,
+                      sampler=SpanSampler(len(source.train), torch.Generator().manual_seed(_draw_seed(generator))),
+                      generator=torch.Generator().manual_seed(_draw_seed(generator)),  # the workers' seeds
+                      num_workers=settings.num_workers, pin_memory=device.type == "cuda",
+                      persistent_workers=settings.num_workers > 0)
+
+
 def _schedule(loaders: Mapping[str, DataLoader], mixing: str, generator: torch.Generator) -> Iterator[
         tuple[str, Mapping[str, torch.Tensor]]]:
     """Batches of one epoch as ``(dataset name, batch)``."""
@@ -269,6 +283,65 @@ def _schedule(loaders: Mapping[str, DataLoader], mixing: str, generator: torch.G
             yield name, batch
 
 
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool = True) -> Iterator[None]:
+    """Within the block: torch's deterministic kernels, no cuDNN autotuning; restored afterwards.
+
+    Where torch has no deterministic implementation of an op it raises (``enabled``), which
+    :func:`fit` turns into a one-line :class:`~m2e_core.errors.ModelError`. cuBLAS needs
+    ``CUBLAS_WORKSPACE_CONFIG`` before its first use; :func:`run` and the command line set it.
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = previous[2], previous[3]
+
+
+def _draw_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    return [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+
+
+def _train_losses(record: Mapping[str, Any]) -> str:
+    return " ".join(f"{name}={value:.4f}" for name, value in record["train_loss"].items() if value is not None)
+
+
+def _epoch_line(record: Mapping[str, Any], max_epochs: int, best_loss: float, best_epoch: int) -> str:
+    return (f"epoch {record['epoch']:>{len(str(max_epochs))}}/{max_epochs}  train {_train_losses(record)}  "
+            f"val {record['validation_criterion']:.4f}  best {best_loss:.4f} (epoch {best_epoch})")
+
+
+def _closing_line(history: Sequence[Mapping[str, Any]], settings: TrainSettings, best_epoch: int, stale: int,
+                  seconds: float) -> str:
+    """Why training ended, and the epoch kept."""
+    epochs = len(history)
+    if epochs < settings.max_epochs:
+        why = f"stopped early after epoch {epochs} ({stale} without improvement)"
+    elif stale < settings.patience:
+        why = (f"reached max_epochs {epochs} still improving (early stopping, patience {settings.patience}, "
+               "did not act: a larger training.max_epochs may do better)")
+    else:
+        why = f"reached max_epochs {epochs}"
+    if not best_epoch:
+        return f"{why}; no epoch improved the validation loss; {seconds:.1f} s"
+    best = history[best_epoch - 1]
+    return (f"{why}; kept epoch {best_epoch}: train {_train_losses(best)}  val {best['validation_criterion']:.4f}; "
+            f"{seconds:.1f} s")
+
+
 def fit(
     model: MultitaskEmotionModel,
     sources: Sequence[TaskData],
@@ -278,6 +351,7 @@ def fit(
     device: torch.device | None = None,
     seed: int = 0,
     label: str = "model",
+    progress: bool = False,
 ) -> FitResult:
     """Train ``model`` on ``sources`` with early stopping; the best weights are loaded at the end.
 
@@ -292,11 +366,49 @@ def fit(
         ``settings.kd.alpha > 0``); ``None`` trains on the task losses only.
     device : torch.device, optional
     seed : int
-        Seeds initialisation-independent randomness (shuffling, spans).
+        Everything random in training follows from it: the batch order, the augmented spans
+        (whatever the number of loader workers) and dropout. The caller's random state is
+        left as it was.
     label : str
-        Name used in log lines.
+        Name used in log lines and on the progress bar.
+    progress : bool
+        A tqdm bar over the epochs (on a terminal only). Log lines (``INFO`` on the
+        ``training`` logger): the first epoch, every ``settings.log_every`` epochs, the last
+        and the best.
+
+    Raises
+    ------
+    ModelError
+        ``settings.deterministic`` is on and an op has no deterministic implementation on
+        this device.
     """
     device = device or resolve_device(settings.device)
+    try:
+        with deterministic_algorithms(settings.deterministic), \
+                torch.random.fork_rng(devices=_rng_devices(device), device_type=device.type):
+            return _fit(model, sources, settings, teachers=teachers, device=device, seed=seed, label=label,
+                        progress=progress)
+    except RuntimeError as error:
+        if settings.deterministic and "deterministic" in str(error):
+            first = str(error).strip().splitlines()[0]
+            raise ModelError(f"{first} (on {device}); set training.deterministic: false to train with it, "
+                             "without bit-for-bit reproducible runs") from error
+        raise
+
+
+def _fit(
+    model: MultitaskEmotionModel,
+    sources: Sequence[TaskData],
+    settings: TrainSettings,
+    *,
+    teachers: Mapping[str, MultitaskEmotionModel] | None,
+    device: torch.device,
+    seed: int,
+    label: str,
+    progress: bool,
+) -> FitResult:
+    from tqdm import tqdm
+
     bf16 = use_bf16(settings, device)
     if teachers is not None and settings.kd.alpha > 0:
         absent = [source.name for source in sources if source.name not in teachers]
@@ -313,13 +425,8 @@ def fit(
         parameters += model.va_parameters()
     optimizer = torch.optim.Adam(parameters, lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    loaders = {
-        source.name: DataLoader(source.train, batch_size=settings.batch_size, shuffle=True, generator=generator,
-                                num_workers=settings.num_workers, pin_memory=device.type == "cuda",
-                                persistent_workers=settings.num_workers > 0)
-        for source in sources
-    }
+    torch.manual_seed(_draw_seed(generator))  # dropout (inside fork_rng: the caller's state is restored)
+    loaders = {source.name: _train_loader(source, settings, device, generator) for source in sources}
     by_name = {source.name: source for source in sources}
     weights = {source.name: source.class_weights.to(device) if source.class_weights is not None else None
                for source in sources}
@@ -327,45 +434,56 @@ def fit(
     history: list[dict[str, Any]] = []
     initial = {source.name: validation_loss(model, source, device, settings=settings, bf16=bf16) for source in sources}
     scale = {name: value if settings.stop_on == "normalized" and value > 0 else 1.0 for name, value in initial.items()}
+    counts = " + ".join(f"{len(s.train)}/{len(s.validation)}/{len(s.test)}" for s in sources)
+    log.info("[%s] %s train/validation/test tracks; up to %d epochs, early stop after %d without improvement",
+             label, counts, settings.max_epochs, settings.patience)
     steps = examples = 0
     started = time.perf_counter()
     stale = 0
-    for epoch in range(1, settings.max_epochs + 1):
-        epoch_start = time.perf_counter()
-        model.train()
-        losses: dict[str, list[float]] = {name: [] for name in by_name}
-        for name, batch in _schedule(loaders, settings.mixing, generator):
-            batch = _to_device(batch, device)
-            teacher = None if teachers is None else teachers.get(name)
-            losses[name].append(train_step(model, optimizer, by_name[name].task, batch, weights=weights[name],
-                                           teacher=teacher, kd=settings.kd if teacher is not None else None,
-                                           bf16=bf16))
-            steps += 1
-            examples += int(batch["target"].shape[0])
-        validation = {source.name: validation_loss(model, source, device, settings=settings, bf16=bf16)
-                      for source in sources}
-        total = float(sum(value / scale[name] for name, value in validation.items()))
-        improved = total < best_loss
-        if improved:
-            best_loss, best_epoch, stale = total, epoch, 0
-            best_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
-        else:
-            stale += 1
-        record = {
-            "epoch": epoch,
-            "train_loss": {name: float(np.mean(values)) if values else None for name, values in losses.items()},
-            "validation_loss": validation,
-            "validation_criterion": total,
-            "seconds": time.perf_counter() - epoch_start,
-        }
-        history.append(record)
-        log.info("[%s] epoch %d  train %s  val %.4f%s  (%.1fs)", label, epoch,
-                 " ".join(f"{n}={v:.4f}" for n, v in record["train_loss"].items() if v is not None), total,
-                 " *" if improved else "", record["seconds"])
-        if stale >= settings.patience > 0 or (settings.patience == 0 and not improved):
-            log.info("[%s] early stop: no improvement for %d epoch(s); best epoch %d", label, stale, best_epoch)
-            break
+    bar = tqdm(total=settings.max_epochs, desc=label, unit="epoch", disable=None if progress else True,
+               dynamic_ncols=True)
+    try:
+        for epoch in range(1, settings.max_epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            losses: dict[str, list[float]] = {name: [] for name in by_name}
+            for name, batch in _schedule(loaders, settings.mixing, generator):
+                batch = _to_device(batch, device)
+                teacher = None if teachers is None else teachers.get(name)
+                losses[name].append(train_step(model, optimizer, by_name[name].task, batch, weights=weights[name],
+                                               teacher=teacher, kd=settings.kd if teacher is not None else None,
+                                               bf16=bf16))
+                steps += 1
+                examples += int(batch["target"].shape[0])
+            validation = {source.name: validation_loss(model, source, device, settings=settings, bf16=bf16)
+                          for source in sources}
+            total = float(sum(value / scale[name] for name, value in validation.items()))
+            improved = total < best_loss
+            if improved:
+                best_loss, best_epoch, stale = total, epoch, 0
+                best_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+            else:
+                stale += 1
+            record = {
+                "epoch": epoch,
+                "train_loss": {name: float(np.mean(values)) if values else None for name, values in losses.items()},
+                "validation_loss": validation,
+                "validation_criterion": total,
+                "seconds": time.perf_counter() - epoch_start,
+            }
+            history.append(record)
+            bar.set_postfix_str(f"val {total:.4f}, best {best_loss:.4f} (epoch {best_epoch})", refresh=False)
+            bar.update(1)
+            stopping = stale >= settings.patience > 0 or (settings.patience == 0 and not improved)
+            last = stopping or epoch == settings.max_epochs
+            if epoch == 1 or last or (settings.log_every > 0 and epoch % settings.log_every == 0):
+                log.info("[%s] %s", label, _epoch_line(record, settings.max_epochs, best_loss, best_epoch))
+            if stopping:
+                break
+    finally:
+        bar.close()
     seconds = time.perf_counter() - started
+    log.info("[%s] %s", label, _closing_line(history, settings, best_epoch, stale, seconds))
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
@@ -512,10 +630,12 @@ def _train_and_save(
     teachers: Mapping[str, MultitaskEmotionModel] | None,
     seed: int,
     provenance: Mapping[str, Any],
+    progress: bool = False,
 ) -> TrainedModel:
     settings = config.training
     model = new_model(sources[0].embedding_dim, settings, seed=seed, va_mean=va_target_mean(sources))
-    result = fit(model, sources, settings, teachers=teachers, device=device, seed=seed, label=label)
+    result = fit(model, sources, settings, teachers=teachers, device=device, seed=seed, label=label,
+                 progress=progress)
     thresholds, untuned = tuned_thresholds(result.model, sources, settings=settings, device=device)
     rows = evaluate_model(result.model, sources, settings=settings, device=device, thresholds=thresholds, label=label,
                           student=teachers is not None and len(sources) > 1)
@@ -528,6 +648,7 @@ def _train_and_save(
         "train_seconds": result.seconds,
         "train_examples_per_second": result.examples_per_second,
         "device": str(device),
+        "environment": training_environment(device, settings),
         "untuned_tags": untuned if "tags" in tasks else [],
     }
     config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -545,9 +666,32 @@ def _train_and_save(
     from .cache import write_json_atomic
 
     write_json_atomic(config.output_dir / f"{stem}.history.json", json_ready(list(result.history)))
-    log.info("[%s] saved %s (best epoch %d, %.0f examples/s)", label, checkpoint, result.best_epoch,
-             result.examples_per_second)
+    log.debug("[%s] saved %s (%.0f examples/s)", label, checkpoint, result.examples_per_second)
     return TrainedModel(label, checkpoint, tuple(rows), result)
+
+
+def training_environment(device: torch.device, settings: TrainSettings) -> dict[str, Any]:
+    """What else decides the exact figures of a run: library versions, kernels, threads, device.
+
+    Two machines that differ in any of these can train to different weights from the same
+    config and seed (float rounding differs and grows over the epochs).
+    """
+    import platform
+
+    environment: dict[str, Any] = {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_threads": torch.get_num_threads(),
+        "deterministic": settings.deterministic,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        environment.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                           cudnn=torch.backends.cudnn.version())
+    return environment
 
 
 def load_teacher(path: Path, *, embedding_dim: int, task: str) -> MultitaskEmotionModel:
@@ -561,8 +705,13 @@ def load_teacher(path: Path, *, embedding_dim: int, task: str) -> MultitaskEmoti
     return model
 
 
-def run(config: RunConfig, *, stages: Sequence[str] | None = None) -> RunSummary:
+def run(config: RunConfig, *, stages: Sequence[str] | None = None, progress: bool = False) -> RunSummary:
     """Run a config: (synthetic data), (extraction), teachers and/or student, report.
+
+    One tqdm bar per stage when ``progress`` (on a terminal only), and ``INFO`` lines on the
+    ``training`` logger: what each stage read and did, a line every ``training.log_every``
+    epochs. The same config and seed on the same machine give bit-identical checkpoints and
+    metrics (see :func:`fit`).
 
     Raises
     ------
@@ -571,6 +720,8 @@ def run(config: RunConfig, *, stages: Sequence[str] | None = None) -> RunSummary
     ConfigError, LabelError, ModelError
         Invalid config, labels or teacher checkpoints.
     """
+    if config.training.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)  # before cuBLAS's first use
     config.apply_cpu_threads()
     stages = tuple(stages or config.stages)
     unknown = sorted(set(stages) - {"teachers", "student"})
@@ -579,14 +730,14 @@ def run(config: RunConfig, *, stages: Sequence[str] | None = None) -> RunSummary
     if config.synthetic is not None and not (config.synthetic.out / "manifest.csv").is_file():
         from .synthetic import generate
 
-        log.info("generating the synthetic dataset in %s", config.synthetic.out)
-        generate(config.synthetic.out, tracks=config.synthetic.tracks, seconds=config.synthetic.seconds,
-                 seed=config.synthetic.seed)
+        spec = config.synthetic
+        generate(spec.out, tracks=spec.tracks, seconds=spec.seconds, seed=spec.seed, progress=progress)
+        log.info("synthetic data: %d clips of %g s in %s", spec.tracks, spec.seconds, spec.out)
     cache = FeatureCache(config.cache_dir)
     datasets = [spec.load() for spec in config.datasets]
     if config.extract_missing:
-        report = extract_features(datasets, config.features, cache)
-        log.info("extraction: %d extracted, %d cached, %d failed", report.extracted, report.skipped, len(report.failed))
+        report = extract_features(datasets, config.features, cache, progress=progress)
+        log.info("features: %s; %.1f s", report.summary(), report.seconds)
     sources = [task_data(dataset, cache.features_for(dataset, config.features, allow_missing=config.allow_missing),
                          span_chords=config.training.span_chords)
                for dataset in datasets]
@@ -601,7 +752,7 @@ def run(config: RunConfig, *, stages: Sequence[str] | None = None) -> RunSummary
         if "teachers" in stages:
             model = _train_and_save(f"teacher:{source.name}", f"teacher-{source.name}", [source], config,
                                     device=device, teachers=None, seed=config.seed + 1 + position,
-                                    provenance=provenance)
+                                    provenance=provenance, progress=progress)
             trained.append(model)
             teachers[source.name] = model.fit.model
         elif "student" in stages and config.training.kd.alpha > 0:
@@ -613,7 +764,7 @@ def run(config: RunConfig, *, stages: Sequence[str] | None = None) -> RunSummary
     if "student" in stages:
         trained.append(_train_and_save("student", "student", sources, config, device=device,
                                        teachers=teachers if config.training.kd.alpha > 0 else None,
-                                       seed=config.seed, provenance=provenance))
+                                       seed=config.seed, provenance=provenance, progress=progress))
     rows = [row for model in trained for row in model.rows] + chance_rows(sources)
     table = format_table(rows)
     csv_path, json_path = write_report(rows, config.output_dir)
@@ -652,9 +803,10 @@ def _provenance(config: RunConfig, cache: FeatureCache, datasets: Sequence[Label
         if identity is not None:
             break
     if identity is None:
-        raise MissingFeaturesError("no cached features found for this config; run: python -m training extract")
+        raise MissingFeaturesError("no cached features found for this config; run: m2e-train extract --config "
+                                   "<config> (or set extract_missing: true)")
     provenance: dict[str, Any] = {
-        "source": f"python -m training train ({config.source or 'config'})",
+        "source": f"m2e-train train ({config.source or 'config'})",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "features": identity,
         "datasets": {dataset.name: {"kind": dataset.kind, "task": dataset.task, **dataset.counts()}

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import numpy as np
 
 from m2e_core.constants import MERT_SAMPLE_RATE
 from m2e_core.errors import ConfigError
+from m2e_core.files import atomic_path, write_text_atomic
 
 #: Tags the generator uses (all in the model vocabulary).
 SYNTHETIC_TAGS = ("happy", "sad", "energetic", "calm", "soft", "powerful", "melodic")
@@ -149,8 +149,11 @@ def generate(
     seconds: float = 4.5,
     seed: int = 0,
     sample_rate: int = MERT_SAMPLE_RATE,
+    progress: bool = False,
 ) -> Path:
     """Write a synthetic dataset to ``out_dir`` and return its manifest path.
+
+    Every file is written atomically, with the permissions the umask gives.
 
     Parameters
     ----------
@@ -164,6 +167,8 @@ def generate(
         Everything (factors, noise, label kinds) follows from it.
     sample_rate : int
         Sample rate of the WAV files.
+    progress : bool
+        A tqdm bar over the clips (on a terminal only).
 
     Returns
     -------
@@ -171,6 +176,7 @@ def generate(
         ``out_dir/manifest.csv``.
     """
     import soundfile as sf
+    from tqdm import tqdm
 
     from m2e_core.labels import ManifestRow, write_manifest
 
@@ -185,7 +191,7 @@ def generate(
     kinds = rng.choice(["tags", "va", "both"], size=tracks, p=[0.40, 0.40, 0.20])
     items: list[SyntheticTrack] = []
     rows: list[ManifestRow] = []
-    for index in range(tracks):
+    for index in tqdm(range(tracks), desc="synthetic data", unit="clip", disable=None if progress else True):
         mode = ("major", "minor")[index % 2]
         tonic = int(rng.integers(12))
         tempo_bpm = float(rng.uniform(*_TEMPO_RANGE))
@@ -196,16 +202,17 @@ def generate(
         relative = f"audio/{name}.wav"
         samples = render(mode, tonic, tempo_bpm, timbre, level_db, seconds=seconds, sample_rate=sample_rate,
                          seed=seed * 100_003 + index)
-        with tempfile.NamedTemporaryFile(dir=audio_dir, prefix=f".{name}.", suffix=".wav", delete=False) as tmp:
-            sf.write(tmp, samples, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp.name, audio_dir / f"{name}.wav")
+        with atomic_path(audio_dir / f"{name}.wav", ".wav") as temporary:
+            sf.write(temporary, samples, sample_rate, subtype="PCM_16", format="WAV")
         has_va = kinds[index] in ("va", "both")
         has_tags = kinds[index] in ("tags", "both")
         item = SyntheticTrack(name, relative, mode, tonic, tempo_bpm, timbre, level_db,
                               valence if has_va else None, arousal if has_va else None, tags if has_tags else None)
         items.append(item)
         rows.append(ManifestRow(relative, item.valence, item.arousal, item.tags or ()))
-    manifest = write_manifest(rows, root / "manifest.csv")
+    manifest = root / "manifest.csv"
+    with atomic_path(manifest, ".csv") as temporary:  # the user's umask (write_manifest's own file is 0600)
+        write_manifest(rows, temporary)
     truth = {"seed": seed, "seconds": seconds, "sample_rate": sample_rate, "tracks": [asdict(i) for i in items]}
-    (root / "truth.json").write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(root / "truth.json", json.dumps(truth, indent=1) + "\n")
     return manifest
