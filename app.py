@@ -44,6 +44,7 @@ from m2e_core import plots
 from m2e_core.audio import Audio, segment_audio
 from m2e_core.constants import DEFAULT_TOP_K, VA_MAX, VA_MIN
 from m2e_core.errors import AudioDecodeError, ConfigError, LabelError, M2EError, WeightsNotFoundError
+from m2e_core.files import file_sha256
 from m2e_core.labels import LabelStore, make_label
 from m2e_core.runtime import use_huge_pages
 from m2e_core.types import Analysis, SegmentEmotion
@@ -513,9 +514,9 @@ class ExplorerApp:
             raise LabelError("the uploaded audio has expired from the server: analyse the track again")
         selection = TRACK if selection is None else int(selection)
         start, end = self._span(loaded, selection)
-        track_id, stored = self.labels.add_audio(loaded.audio_path)
+        who = self.labels.identify(typed_name=(annotator or "").strip() or "anonymous")
         record = self.labels.append(make_label(
-            track_id=track_id,
+            track_id=file_sha256(loaded.audio_path),
             source=loaded.analysis.source,
             segment=None if selection == TRACK else selection,
             start=None if selection == TRACK else start,
@@ -523,9 +524,8 @@ class ExplorerApp:
             valence=float(valence) if use_va else None,
             arousal=float(arousal) if use_va else None,
             tags=list(tags or ()),
-            annotator=(annotator or "").strip() or "anonymous",
-            audio_path=stored,
-        ))
+            annotator=who.name,
+        ), requester=who, audio=loaded.audio_path)
         what = "whole track" if record.segment is None else f"segment {record.segment + 1}"
         va = f"V {record.valence:.1f} / A {record.arousal:.1f}" if record.valence is not None else "no V/A"
         return (f"Saved label for {what} of {record.source} by {record.annotator}: {va}; "
@@ -533,14 +533,11 @@ class ExplorerApp:
 
     def export_labels(self, fmt: str, scope: str, annotator: str) -> str:
         """Write the labels as a manifest (or a zip with the audio) into a private temp dir."""
-        who = (annotator or "").strip() or "anonymous"
-        only = who if scope == "mine" else None
-        out_dir = self.request_dir()
-        if fmt == "zip":
-            return str(self.labels.export_bundle(out_dir / "m2e-labels.zip", annotator=only))
-        if fmt not in ("csv", "jsonl"):
+        who = self.labels.identify(typed_name=(annotator or "").strip() or "anonymous")
+        if fmt not in ("csv", "jsonl", "zip"):
             raise ConfigError(f"unknown export format {fmt!r}")
-        return str(self.labels.export(out_dir / f"m2e-labels.{fmt}", annotator=only))
+        out_dir = self.request_dir()
+        return str(self.labels.export(out_dir / f"m2e-labels.{fmt}", fmt, requester=who, scope=scope))
 
     def batch(self, files: Sequence[str] | None, progress: Any = None) -> tuple[pd.DataFrame, str, str, Any, str]:
         """Analyse several files: table, CSV, JSON (CLI batch format), plane, status."""

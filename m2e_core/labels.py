@@ -1,14 +1,11 @@
-"""User labels: an append-only label store and the training manifest format.
+"""User labels: label records, annotator identities and the training manifest format.
 
-Label store
------------
-A directory holding ``labels.jsonl`` (one :class:`LabelRecord` per line, never rewritten),
-``labels.jsonl.lock`` (the lock file) and ``audio/`` (content-addressed copies of labelled
-audio, ``audio/<sha256><suffix>``). Appends are atomic and durable: each record is one
-``write`` to a file opened with ``O_APPEND``, under an exclusive ``flock`` on the lock file,
-followed by ``fsync``; so writers in several threads or processes never interleave and an
-acknowledged label survives a crash. A line torn by a crash mid-write is terminated by the
-next writer and skipped (with a warning) by readers.
+Labels
+------
+A :class:`LabelRecord` is one person's label of a track or of one segment of it; an
+:class:`Identity` is who that person is (a Hugging Face account or a typed name). The store
+that keeps labels, their owners and the labelled audio in a database is
+:class:`m2e_core.labelstore.LabelStore` (also importable from here).
 
 Manifest
 --------
@@ -21,31 +18,31 @@ and come as a pair or not at all; tags are bare MTG-Jamendo mood/theme names
 excerpt of the file; ``segment`` is the analysis segment index they came from. A relative
 ``path`` is relative to the manifest's directory (:meth:`ManifestRow.resolve`).
 :func:`write_manifest` then :func:`read_manifest` gives back exactly the rows written.
+
+CSV cells are safe to open in a spreadsheet (OWASP CSV injection advice): a cell that starts
+with ``= + - @``, a tab or a carriage return is written with a leading ``'`` (so is a cell
+that starts with ``'``, which keeps the escape reversible), and :func:`read_manifest` removes
+that ``'`` again (:func:`csv_cell`, :func:`csv_text`). A file named ``=1+2.wav`` is written
+``'=1+2.wav`` and read back as ``=1+2.wav``. JSON Lines manifests are not escaped.
 """
 
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import math
 import os
 import re
-import shutil
-import tempfile
-import warnings
-import zipfile
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .constants import M2E_HOME_ENV, VA_MAX, VA_MIN
 from .errors import LabelError
-from .files import file_sha256
+from .files import atomic_path, spreadsheet_safe
 from .vocab import JAMENDO_TAG_PREFIX, tag_names
 
 #: Environment variable naming the label store directory.
@@ -58,6 +55,8 @@ MANIFEST_OPTIONAL_COLUMNS = ("start", "end", "segment")
 TAG_SEPARATOR = ";"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CSV_ESCAPE = "'"
+_CSV_ESCAPED_FIRST = "'=+-@\t\r"
 _MAX_ANNOTATOR_CHARS = 100
 
 
@@ -279,249 +278,59 @@ def make_label(
                                       tuple(tags), annotator, stamp, audio_path))
 
 
-# -- the store -----------------------------------------------------------------------------
+# -- identities ----------------------------------------------------------------------------
+
+#: Who vouches for an identity: a Hugging Face account (OAuth sign-in) or a typed name.
+IDENTITY_PROVIDERS = ("hf", "local")
 
 
-class LabelStore:
-    """An append-only label store in one directory (see the module docstring).
+@dataclass(frozen=True)
+class Identity:
+    """Who is asking: the owner of the labels they save and the only one who may read them.
 
-    Safe for many writers at once, in threads and in processes; nothing is ever rewritten.
-
-    Parameters
+    Attributes
     ----------
-    directory : str or Path, optional
-        Where the store lives (created on first write); default :func:`default_labels_dir`.
+    name : str
+        The annotator name stored with every label (1-100 characters on one line).
+    provider : str
+        ``"hf"`` for a Hugging Face account (the app's OAuth sign-in on a Space), ``"local"``
+        for a name typed into the annotator field. ``hf:ann`` and ``local:ann`` are two
+        different annotators: typing a name never reaches a signed-in account's labels.
 
     Examples
     --------
-    >>> store = LabelStore("/tmp/m2e-labels")  # doctest: +SKIP
-    >>> track_id, stored = store.add_audio("song.flac")  # doctest: +SKIP
-    >>> store.append(make_label(track_id=track_id, source="song.flac", valence=6.5, arousal=3.0,
-    ...                         tags=["calm"], audio_path=stored))  # doctest: +SKIP
-    >>> store.export("labels.csv")  # doctest: +SKIP
+    >>> Identity.huggingface("alice").key
+    'hf:alice'
+    >>> Identity.local("  bob ").name
+    'bob'
     """
 
-    FILE_NAME = "labels.jsonl"
+    name: str
+    provider: str = "local"
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else default_labels_dir()
+    def __post_init__(self) -> None:
+        if self.provider not in IDENTITY_PROVIDERS:
+            raise LabelError(f"unknown identity provider {self.provider!r}; use one of {', '.join(IDENTITY_PROVIDERS)}")
+        name = self.name
+        if (not isinstance(name, str) or not name or name != name.strip() or len(name) > _MAX_ANNOTATOR_CHARS
+                or any(c in name for c in "\r\n\t")):
+            raise LabelError(f"annotator must be a name of 1-{_MAX_ANNOTATOR_CHARS} characters on one line, "
+                             f"got {name!r}")
+
+    @classmethod
+    def local(cls, name: str) -> Identity:
+        """A typed annotator name (surrounding spaces removed)."""
+        return cls(name.strip() if isinstance(name, str) else name, "local")
+
+    @classmethod
+    def huggingface(cls, username: str) -> Identity:
+        """A signed-in Hugging Face account (its user name, as OAuth reports it)."""
+        return cls(username.strip() if isinstance(username, str) else username, "hf")
 
     @property
-    def path(self) -> Path:
-        """The JSON Lines file of records."""
-        return self.directory / self.FILE_NAME
-
-    @property
-    def lock_path(self) -> Path:
-        """The lock file every reader and writer takes (``flock``) around file access."""
-        return self.directory / (self.FILE_NAME + ".lock")
-
-    @contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def add_audio(self, audio_file: str | os.PathLike[str]) -> tuple[str, str]:
-        """Keep a content-addressed copy of ``audio_file``; return ``(sha256, relative path)``.
-
-        The copy is written atomically (temporary file, then rename); an existing copy of the
-        same content is reused.
-
-        Raises
-        ------
-        LabelError
-            The file does not exist.
-        """
-        source = Path(audio_file)
-        if not source.is_file():
-            raise LabelError(f"cannot keep the audio for labelling: {source.name} does not exist")
-        digest = file_sha256(source)
-        suffix = source.suffix.lower() if re.fullmatch(r"\.[a-z0-9]{1,8}", source.suffix.lower()) else ""
-        relative = f"audio/{digest}{suffix}"
-        target = self.directory / relative
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".incoming-", delete=False) as tmp:
-                with source.open("rb") as handle:
-                    shutil.copyfileobj(handle, tmp)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp.name, target)
-        return digest, relative
-
-    def append(self, record: LabelRecord) -> LabelRecord:
-        """Validate ``record`` and append it durably; return the stored (normalised) record.
-
-        Raises
-        ------
-        LabelError
-            The record is invalid (nothing is written).
-        """
-        record = validate_label(record)
-        data = (json.dumps(record.to_dict(), ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
-        with self._locked(exclusive=True):
-            created = not self.path.exists()
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    # A writer crashed mid-line: end that line so ours starts clean.
-                    data = b"\n" + data
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if created:
-                _fsync_directory(self.directory)
-        return record
-
-    def records(self) -> list[LabelRecord]:
-        """Every record, in the order written (lines torn by a crash are skipped with a warning).
-
-        Raises
-        ------
-        LabelError
-            A complete line holds an invalid record.
-        """
-        if not self.path.exists():
-            return []
-        with self._locked(exclusive=False):
-            raw = self.path.read_bytes()
-        records: list[LabelRecord] = []
-        torn: list[int] = []
-        for number, line in enumerate(raw.split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                torn.append(number)
-                continue
-            if not isinstance(data, dict):
-                raise LabelError(f"{self.path}:{number}: not a label record")
-            try:
-                records.append(LabelRecord.from_dict(data))
-            except LabelError as error:
-                raise LabelError(f"{self.path}:{number}: {error}") from error
-        if torn:
-            warnings.warn(f"{self.path}: skipped {len(torn)} incomplete line(s) {torn[:10]} "
-                          "(writes interrupted by a crash)", RuntimeWarning, stacklevel=2)
-        return records
-
-    def latest(self, *, annotator: str | None = None) -> list[LabelRecord]:
-        """The newest record per (track, segment, annotator), in the order those were written."""
-        newest: dict[tuple[str, int | None, str], LabelRecord] = {}
-        for record in self.records():
-            if annotator is not None and record.annotator != annotator:
-                continue
-            key = (record.track_id, record.segment, record.annotator)
-            newest.pop(key, None)
-            newest[key] = record
-        return list(newest.values())
-
-    def manifest_rows(
-        self,
-        records: Iterable[LabelRecord],
-        *,
-        relative_to: str | os.PathLike[str] | None = None,
-    ) -> list[ManifestRow]:
-        """Manifest rows for ``records``.
-
-        ``path`` is the stored audio copy: relative to ``relative_to`` when given (a bundle),
-        else absolute; a record without a stored copy keeps its source name.
-        """
-        rows = []
-        for record in records:
-            if record.audio_path is None:
-                path = record.source
-            elif relative_to is not None:
-                path = Path(os.path.relpath(self.directory / record.audio_path, relative_to)).as_posix()
-            else:
-                path = str((self.directory / record.audio_path).resolve())
-            rows.append(ManifestRow(path, record.valence, record.arousal, record.tags,
-                                    record.start, record.end, record.segment))
-        return rows
-
-    def export(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        annotator: str | None = None,
-        latest_only: bool = True,
-    ) -> Path:
-        """Write the labels as a manifest (``.csv`` or ``.jsonl``) with absolute audio paths.
-
-        Parameters
-        ----------
-        path : str or Path
-            The manifest file; its suffix picks the format.
-        annotator : str, optional
-            Only this annotator's labels.
-        latest_only : bool
-            Keep only the newest label per (track, segment, annotator) (corrections replace
-            earlier labels); ``False`` exports every record.
-
-        Raises
-        ------
-        LabelError
-            Nothing to export, or an unknown manifest suffix.
-        """
-        records = self._selected(annotator, latest_only)
-        return write_manifest(self.manifest_rows(records), path)
-
-    def export_bundle(
-        self,
-        zip_path: str | os.PathLike[str],
-        *,
-        annotator: str | None = None,
-        latest_only: bool = True,
-        manifest_name: str = "manifest.csv",
-    ) -> Path:
-        """A zip archive holding a manifest and the labelled audio it points to (relative paths).
-
-        Unpacked anywhere, ``read_manifest(<dir>/manifest.csv)`` rows resolve to the audio.
-        """
-        records = self._selected(annotator, latest_only)
-        rows = self.manifest_rows(records, relative_to=self.directory)
-        target = Path(zip_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="m2e-bundle-") as scratch:
-            manifest = write_manifest(rows, Path(scratch) / manifest_name)
-            tmp = target.with_name(f".{target.name}.tmp")
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                archive.write(manifest, manifest_name)
-                for audio in sorted({r.audio_path for r in records if r.audio_path is not None}):
-                    archive.write(self.directory / audio, audio, compress_type=zipfile.ZIP_STORED)
-            os.replace(tmp, target)
-        return target
-
-    def _selected(self, annotator: str | None, latest_only: bool) -> list[LabelRecord]:
-        if latest_only:
-            records = self.latest(annotator=annotator)
-        else:
-            records = [r for r in self.records() if annotator is None or r.annotator == annotator]
-        if not records:
-            who = f" by {annotator!r}" if annotator else ""
-            raise LabelError(f"no labels{who} to export yet: save a label first")
-        return records
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
+    def key(self) -> str:
+        """``provider:name``, the form the admin list (``M2E_LABEL_ADMINS``) compares with."""
+        return f"{self.provider}:{self.name}"
 
 # -- manifests -----------------------------------------------------------------------------
 
@@ -582,12 +391,81 @@ def _cell(value: float | int | None) -> str:
     return "" if value is None else repr(value)
 
 
+def csv_cell(text: str) -> str:
+    """A CSV cell that a spreadsheet shows as text (see :func:`m2e_core.files.spreadsheet_safe`).
+
+    A cell starting with ``= + - @``, a tab or a carriage return gets a leading ``'``, and so
+    does one that already starts with ``'``, which makes the escape reversible:
+    :func:`csv_text` gives back exactly ``text``.
+    """
+    if text.startswith(_CSV_ESCAPE):
+        return _CSV_ESCAPE + text
+    return str(spreadsheet_safe(text))
+
+
+def csv_text(cell: str) -> str:
+    """The text of a cell written by :func:`csv_cell`: one leading ``'`` removed when it escapes.
+
+    A ``'`` is removed only before ``= + - @ ' \t \r``; a cell such as ``'quoted'.wav`` written
+    by another program is kept as it is.
+    """
+    if len(cell) >= 2 and cell[0] == _CSV_ESCAPE and cell[1] in _CSV_ESCAPED_FIRST:
+        return cell[1:]
+    return cell
+
+
+class ManifestWriter:
+    """Writes manifest rows to an open text file one at a time, for exports streamed from a store.
+
+    Parameters
+    ----------
+    handle : text file
+        Opened with ``newline=""``; the CSV header is written at once.
+    kind : str
+        ``"csv"`` or ``"jsonl"``.
+    optional : sequence of str
+        The optional columns (of ``start``, ``end``, ``segment``) the manifest has: a row with
+        a value for a column not listed is refused.
+    """
+
+    def __init__(self, handle: TextIO, kind: str, optional: Sequence[str]) -> None:
+        self._handle = handle
+        self._kind = kind
+        self._optional = tuple(optional)
+        self._csv = csv.writer(handle, lineterminator="\n") if kind == "csv" else None
+        self.count = 0
+        if self._csv is not None:
+            self._csv.writerow([*MANIFEST_COLUMNS, *self._optional])
+
+    def write(self, row: ManifestRow, where: str) -> None:
+        """Validate ``row`` and write it; ``where`` names it in errors."""
+        row = validate_row(row, where)
+        unused = [name for name in MANIFEST_OPTIONAL_COLUMNS
+                  if name not in self._optional and getattr(row, name) is not None]
+        if unused:
+            raise LabelError(f"{where}: has {', '.join(unused)} but the manifest has no such column")
+        if self._csv is not None:
+            if any(TAG_SEPARATOR in tag for tag in row.tags):
+                raise LabelError(f"tag names must not contain {TAG_SEPARATOR!r}")
+            cells = [row.path, _cell(row.valence), _cell(row.arousal), TAG_SEPARATOR.join(row.tags),
+                     *(_cell(getattr(row, name)) for name in self._optional)]
+            self._csv.writerow([csv_cell(cell) for cell in cells])
+        else:
+            item: dict[str, Any] = {"path": row.path, "valence": row.valence, "arousal": row.arousal,
+                                    "tags": list(row.tags)}
+            for name in self._optional:
+                item[name] = getattr(row, name)
+            self._handle.write(json.dumps(item, ensure_ascii=False) + "\n")
+        self.count += 1
+
+
 def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike[str]) -> Path:
     """Write a manifest atomically; the suffix (``.csv`` or ``.jsonl``) picks the format.
 
     Optional columns (``start``, ``end``, ``segment``) are written when any row has them.
     Floats are written in their shortest exact form, so :func:`read_manifest` returns
-    rows equal to those written.
+    rows equal to those written. CSV cells are escaped for spreadsheets (:func:`csv_cell`)
+    and read back unescaped.
 
     Raises
     ------
@@ -597,33 +475,15 @@ def write_manifest(rows: Iterable[ManifestRow], path: str | os.PathLike[str]) ->
     target = Path(path)
     kind = _manifest_format(target)
     checked = [validate_row(row, f"row {number}") for number, row in enumerate(rows, start=1)]
+    if kind == "csv" and any(TAG_SEPARATOR in tag for row in checked for tag in row.tags):
+        raise LabelError(f"tag names must not contain {TAG_SEPARATOR!r}")
     optional = _used_optional_columns(checked)
-    if kind == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow([*MANIFEST_COLUMNS, *optional])
-        for row in checked:
-            if any(TAG_SEPARATOR in tag for tag in row.tags):
-                raise LabelError(f"tag names must not contain {TAG_SEPARATOR!r}")
-            writer.writerow([row.path, _cell(row.valence), _cell(row.arousal), TAG_SEPARATOR.join(row.tags),
-                             *(_cell(getattr(row, name)) for name in optional)])
-        text = buffer.getvalue()
-    else:
-        lines = []
-        for row in checked:
-            item: dict[str, Any] = {"path": row.path, "valence": row.valence, "arousal": row.arousal,
-                                    "tags": list(row.tags)}
-            for name in optional:
-                item[name] = getattr(row, name)
-            lines.append(json.dumps(item, ensure_ascii=False))
-        text = "".join(line + "\n" for line in lines)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, prefix=f".{target.name}.", suffix=".tmp",
-                                     delete=False, encoding="utf-8", newline="") as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp.name, target)
+    with atomic_path(target) as temporary, temporary.open("w", encoding="utf-8", newline="") as handle:
+        writer = ManifestWriter(handle, kind, optional)
+        for number, row in enumerate(checked, start=1):
+            writer.write(row, f"row {number}")
+        handle.flush()
+        os.fsync(handle.fileno())
     return target
 
 
@@ -684,7 +544,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
             where = f"{source}:{reader.line_num}"
             if None in item:
                 raise LabelError(f"{where}: more cells than columns")
-            cells = {name: (item.get(name) or "") for name in (*MANIFEST_COLUMNS, *MANIFEST_OPTIONAL_COLUMNS)}
+            cells = {name: csv_text(item.get(name) or "") for name in (*MANIFEST_COLUMNS, *MANIFEST_OPTIONAL_COLUMNS)}
             tag_cell = cells["tags"].strip()
             row = ManifestRow(
                 path=cells["path"],
@@ -724,3 +584,13 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
         )
         rows.append(validate_row(row, where))
     return rows
+
+
+def __getattr__(name: str) -> Any:
+    # The store lives in m2e_core.labelstore, which imports this module; it is re-exported
+    # lazily so that ``from m2e_core.labels import LabelStore`` keeps working without a cycle.
+    if name in ("LabelStore", "LabelPolicy", "StoreUsage"):
+        from . import labelstore
+
+        return getattr(labelstore, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,25 +1,20 @@
-"""Label store (append-only, concurrent writers) and the training manifest format."""
+"""Label records, identities and the training manifest format (the store: test_labelstore.py)."""
 
 from __future__ import annotations
 
-import hashlib
+import csv
 import json
-import subprocess
-import sys
-import threading
-import zipfile
 from dataclasses import replace
-from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from m2e_core.errors import LabelError
 from m2e_core.labels import (
+    Identity,
     LabelRecord,
-    LabelStore,
     ManifestRow,
+    csv_cell,
+    csv_text,
     default_labels_dir,
     make_label,
     read_manifest,
@@ -29,15 +24,6 @@ from m2e_core.labels import (
 
 SHA = "a" * 64
 OTHER_SHA = "b" * 64
-
-
-@pytest.fixture
-def audio_file(tmp_path):
-    path = tmp_path / "take one, final.wav"
-    rate = 8000
-    t = np.arange(rate) / rate
-    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate)
-    return path
 
 
 # -- records ---------------------------------------------------------------------------
@@ -88,126 +74,6 @@ def test_tags_only_and_va_only_labels_are_valid():
     assert make_label(track_id=SHA, source="a.wav", valence=1.0, arousal=9.0).tags == ()
 
 
-# -- store -----------------------------------------------------------------------------
-
-
-def test_store_append_read_latest_and_export_round_trip(tmp_path, audio_file):
-    store = LabelStore(tmp_path / "store")
-    assert store.records() == []
-    track_id, stored = store.add_audio(audio_file)
-    assert track_id == hashlib.sha256(audio_file.read_bytes()).hexdigest()
-    assert (store.directory / stored).read_bytes() == audio_file.read_bytes()
-    assert store.add_audio(audio_file) == (track_id, stored)  # same content, same copy
-    common = {"track_id": track_id, "source": audio_file.name, "audio_path": stored}
-    first = store.append(make_label(**common, valence=3.0, arousal=4.0, tags=["sad"], annotator="ann"))
-    seg = store.append(make_label(**common, segment=1, start=30.0, end=60.0, valence=6.25, arousal=7.5,
-                                  tags=["energetic", "fun"], annotator="ann"))
-    fixed = store.append(make_label(**common, valence=3.5, arousal=4.0, tags=["sad", "dark"], annotator="ann"))
-    other = store.append(make_label(**common, tags=["calm"], annotator="bob"))
-    assert store.records() == [first, seg, fixed, other]
-    assert store.latest() == [seg, fixed, other]
-    assert store.latest(annotator="bob") == [other]
-
-    for suffix in ("csv", "jsonl"):
-        manifest = store.export(tmp_path / f"out/labels.{suffix}")
-        rows = read_manifest(manifest)
-        assert rows == store.manifest_rows([seg, fixed, other])
-        assert rows[0] == ManifestRow(str((store.directory / stored).resolve()), 6.25, 7.5, ("energetic", "fun"),
-                                      30.0, 60.0, 1)
-        assert rows[1].segment is None and rows[1].start is None and rows[1].tags == ("sad", "dark")
-        assert rows[2].valence is None and rows[2].tags == ("calm",)
-        assert all(Path(row.path).is_file() for row in rows)
-    everything = read_manifest(store.export(tmp_path / "all.csv", latest_only=False))
-    assert len(everything) == 4
-    with pytest.raises(LabelError, match="no labels by 'nobody'"):
-        store.export(tmp_path / "none.csv", annotator="nobody")
-    with pytest.raises(LabelError, match="must be relative"):
-        store.append(replace(first, audio_path="/abs.wav"))
-    assert len(store.records()) == 4  # a refused record writes nothing
-
-
-def test_bundle_unpacks_to_a_training_ready_manifest(tmp_path, audio_file):
-    store = LabelStore(tmp_path / "store")
-    track_id, stored = store.add_audio(audio_file)
-    store.append(make_label(track_id=track_id, source=audio_file.name, audio_path=stored, valence=2.0,
-                            arousal=8.0, tags=["dark"]))
-    bundle = store.export_bundle(tmp_path / "labels.zip")
-    unpacked = tmp_path / "unpacked"
-    with zipfile.ZipFile(bundle) as archive:
-        archive.extractall(unpacked)
-    rows = read_manifest(unpacked / "manifest.csv")
-    assert rows == [ManifestRow(stored, 2.0, 8.0, ("dark",))]
-    audio = rows[0].resolve(unpacked)
-    assert hashlib.sha256(audio.read_bytes()).hexdigest() == track_id
-
-
-def test_torn_line_from_a_crash_is_skipped_and_the_next_write_is_clean(tmp_path):
-    store = LabelStore(tmp_path)
-    kept = store.append(make_label(track_id=SHA, source="a.wav", tags=["happy"]))
-    with store.path.open("ab") as handle:
-        handle.write(b'{"track_id": "' + SHA.encode() + b'", "sou')  # a writer died here
-    after = store.append(make_label(track_id=OTHER_SHA, source="b.wav", tags=["sad"]))
-    with pytest.warns(RuntimeWarning, match="skipped 1 incomplete line"):
-        assert store.records() == [kept, after]
-    store.path.write_text(store.path.read_text() + json.dumps({"track_id": SHA}) + "\n")
-    with pytest.raises(LabelError, match=r"labels.jsonl:4: .*lacks the field"):
-        store.records()
-
-
-_WRITER = """
-import sys
-from m2e_core.labels import LabelStore, make_label
-store = LabelStore(sys.argv[1])
-writer = sys.argv[2]
-for i in range(int(sys.argv[3])):
-    store.append(make_label(track_id=format(i, "064x"), source=f"{writer}.wav", segment=i, start=float(i),
-                            end=i + 1.5, valence=1 + (i % 9) * 0.875, arousal=9.0 - (i % 8),
-                            tags=["happy", "epic"], annotator=writer))
-"""
-
-
-def test_concurrent_writers_in_threads_and_processes_lose_nothing(tmp_path):
-    store = LabelStore(tmp_path / "shared")
-    per_writer = 40
-    root = Path(__file__).resolve().parent.parent
-    processes = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(store.directory), f"proc{n}", str(per_writer)],
-                         cwd=root, stderr=subprocess.PIPE)
-        for n in range(3)
-    ]
-    errors: list[BaseException] = []
-
-    def write(name: str) -> None:
-        try:
-            for i in range(per_writer):
-                store.append(make_label(track_id=format(i, "064x"), source=f"{name}.wav", segment=i,
-                                        start=float(i), end=i + 1.5, valence=1 + (i % 9) * 0.875,
-                                        arousal=9.0 - (i % 8), tags=["happy", "epic"], annotator=name))
-        except BaseException as error:  # collected and re-raised in the main thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=write, args=(f"thread{n}",)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for process in processes:
-        _, stderr = process.communicate(timeout=120)
-        assert process.returncode == 0, stderr.decode()
-    assert not errors
-    lines = store.path.read_bytes().split(b"\n")
-    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
-    records = store.records()
-    assert len(records) == 7 * per_writer
-    writers = {f"proc{n}" for n in range(3)} | {f"thread{n}" for n in range(4)}
-    for writer in writers:
-        mine = [r for r in records if r.annotator == writer]
-        assert [r.segment for r in mine] == list(range(per_writer))  # each writer's order kept
-    rows = read_manifest(store.export(tmp_path / "all.jsonl"))
-    assert len(rows) == 7 * per_writer
-    assert rows == store.manifest_rows(store.latest())
-
-
 # -- manifests -------------------------------------------------------------------------
 
 TRICKY_ROWS = [
@@ -215,6 +81,12 @@ TRICKY_ROWS = [
     ManifestRow('dir with, comma/"quoted" é.mp3', None, None, ("dark",), 12.345678901234567, 42.0, 3),
     ManifestRow("/abs/path.wav", 9.0, 1.0000000000000002, ()),
     ManifestRow("x.ogg", 5.0, 5.0, ("calm",), 0.0, 30.0, None),
+    ManifestRow("=2+5+cmd|' -c calc'!A0.wav", 5.0, 5.0, ()),
+    ManifestRow("'=already escaped.wav", None, None, ("calm",)),
+    ManifestRow("'quoted'.wav", None, None, ("calm",)),
+    ManifestRow("@SUM(1).flac", 2.0, 3.0, ()),
+    ManifestRow("-minus.mp3", 2.0, 3.0, ()),
+    ManifestRow("+plus.mp3", 2.0, 3.0, ()),
 ]
 
 
@@ -289,3 +161,49 @@ def test_default_labels_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("M2E_LABELS_DIR")
     monkeypatch.setenv("M2E_HOME", str(tmp_path / "home"))
     assert default_labels_dir() == tmp_path / "home" / "labels"
+
+
+# -- spreadsheet safety ------------------------------------------------------------------
+
+FORMULA_STARTS = ["=", "+", "-", "@", "\t", "\r"]
+
+
+@pytest.mark.parametrize("text", ["=1+2", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "'x", "''=y", "plain", "a=b", ""])
+def test_csv_cell_escape_is_reversible_and_never_starts_a_formula(text):
+    cell = csv_cell(text)
+    assert not cell.startswith(tuple(FORMULA_STARTS))
+    assert csv_text(cell) == text
+    if text[:1] in FORMULA_STARTS:
+        assert cell == "'" + text
+
+
+def test_csv_manifest_cells_are_escaped_on_disk_and_read_back(tmp_path):
+    evil = "=2+5+cmd|' -c calc'!A0.wav"
+    path = write_manifest([ManifestRow(evil, 5.0, 5.0, ("happy",)), ManifestRow("@x.wav", None, None, ("sad",))],
+                          tmp_path / "m.csv")
+    with path.open(newline="", encoding="utf-8") as handle:
+        cells = [cell for row in csv.reader(handle) for cell in row]
+    assert "'" + evil in cells and "'@x.wav" in cells
+    assert not [cell for cell in cells if cell.startswith(tuple(FORMULA_STARTS))]
+    assert [row.path for row in read_manifest(path)] == [evil, "@x.wav"]
+    lines = write_manifest([ManifestRow(evil, 5.0, 5.0, ())], tmp_path / "m.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["path"] == evil  # JSON is not a spreadsheet format: written as is
+
+
+def test_hand_written_apostrophes_are_kept_unless_they_escape(tmp_path):
+    hand = tmp_path / "hand.csv"
+    hand.write_text("path,valence,arousal,tags\n'quoted'.wav,5,5,\n'=1.wav,5,5,\n", encoding="utf-8")
+    assert [row.path for row in read_manifest(hand)] == ["'quoted'.wav", "=1.wav"]
+
+
+# -- identities ------------------------------------------------------------------------
+
+
+def test_identities_are_validated_and_keyed_by_provider():
+    assert Identity.local("  ann ") == Identity("ann", "local")
+    assert Identity.huggingface("ann").key == "hf:ann" != Identity.local("ann").key
+    for bad in ("", "   ", "a\nb", "x" * 101):
+        with pytest.raises(LabelError, match="annotator must be a name"):
+            Identity.local(bad)
+    with pytest.raises(LabelError, match="unknown identity provider"):
+        Identity("ann", "github")
