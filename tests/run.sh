@@ -21,4 +21,20 @@ fi
 .venv/bin/python -m pip install -q --no-deps -e .   # the project itself: m2e, m2e-train
 
 .venv/bin/python -m ruff check m2e_core training tests benchmarks app.py
+# --- PostgreSQL for the label store tests (tests/test_labelstore.py) --------------------
+# A private server on a free 127.0.0.1 port in a temporary directory, stopped on exit;
+# tests/postgres.sh installs Debian's postgresql first when it is missing and we are root.
+# Without one, the PostgreSQL cases are skipped with the reason. A server of your own:
+# M2E_TEST_POSTGRES_URL=postgresql://user:password@host:port/db (a role that may CREATE DATABASE).
+if [ -z "${M2E_TEST_POSTGRES_URL:-}" ]; then
+    m2e_pg_dir="$(mktemp -d -t m2e-postgres.XXXXXX)"
+    trap 'bash tests/postgres.sh stop "$m2e_pg_dir"' EXIT
+    if m2e_pg_url="$(bash tests/postgres.sh start "$m2e_pg_dir")"; then
+        export M2E_TEST_POSTGRES_URL="$m2e_pg_url"
+    else
+        echo "note: no PostgreSQL server could be started; the PostgreSQL label store tests will be skipped" >&2
+    fi
+fi
+# --- end PostgreSQL ----------------------------------------------------------------------
+
 .venv/bin/python -m pytest "$@"
