@@ -403,6 +403,9 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # the encoder's and chord networks' tensors reuse freed memory (m2e_core.allocator)
     try:
         return COMMANDS[args.command](args)
     except M2EError as error:
