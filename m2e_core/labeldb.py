@@ -15,7 +15,8 @@ committed transaction survives a crash of the process or the machine); PostgreSQ
 transaction-level advisory lock. A read transaction sees one consistent snapshot. A transaction
 either commits whole or leaves nothing, so a writer killed mid-way loses only its unacknowledged
 work. Database failures surface as one-line :class:`~m2e_core.errors.LabelError` messages that
-never carry the password.
+name neither the server nor the password (the location is logged, without the password, to the
+``m2e_core.labeldb`` logger).
 
 Schema (version :data:`SCHEMA_VERSION`)
 ---------------------------------------
@@ -39,6 +40,7 @@ arousal, tags, created_at, audio_sha256, origin)``
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import ssl
@@ -59,6 +61,7 @@ SCHEMA_VERSION = 1
 CHUNK_BYTES = 1 << 20
 #: Seconds a writer waits for another writer's lock before giving up.
 LOCK_TIMEOUT_S = 60.0
+log = logging.getLogger(__name__)
 # pg_advisory_xact_lock key that serialises writers (an arbitrary constant: "m2e-labels").
 _PG_LOCK_KEY = 0x6D32_652D_6C61_62
 
@@ -283,8 +286,9 @@ class Database:
         try:
             connection = pg8000.dbapi.connect(**options)
         except (pg8000.dbapi.Error, OSError) as error:
-            raise LabelError(f"cannot connect to the label database {url.redacted()}: "
-                             f"{_pg_message(error)}") from error
+            # The location is for the operator's log, not for the client who sees the message.
+            log.error("cannot connect to the label database %s: %s", url.redacted(), _pg_message(error))
+            raise LabelError("cannot connect to the label database (the server log has the details)") from error
         connection.autocommit = True  # transactions are begun explicitly, as on SQLite
         try:
             connection.cursor().execute(f"SET lock_timeout = '{int(LOCK_TIMEOUT_S * 1000)}ms'")
@@ -372,11 +376,11 @@ class Database:
 
     def _failure(self, error: BaseException) -> LabelError:
         text = _pg_message(error) if self.engine == "postgresql" else str(error)
+        log.error("label database %s failed: %s", self.url.redacted(), text)
         if "locked" in text or "busy" in text or "lock timeout" in text:
             return LabelError(f"the label database is busy (another writer held it for {LOCK_TIMEOUT_S:g} s): "
                               "try again")
-        return LabelError(f"label database error ({self.url.redacted() if self.engine != 'sqlite' else 'sqlite'}): "
-                          f"{text}")
+        return LabelError(f"the label database failed: {text}")
 
     def vacuum(self) -> None:
         """Give freed pages back to the file system (SQLite; PostgreSQL's autovacuum does this)."""

@@ -644,9 +644,12 @@ class LabelStore:
         """
         target = Path(path)
         suffix = target.suffix.lower().lstrip(".")
-        kind = fmt or {"ndjson": "jsonl"}.get(suffix, suffix)
+        named = {"ndjson": "jsonl"}.get(suffix, suffix)
+        kind = fmt or named
         if kind not in EXPORT_FORMATS:
             raise LabelError(f"unknown export format {fmt or target.name!r}: use csv, jsonl or zip")
+        if named != kind:
+            raise LabelError(f"a {kind} export needs a file name ending in .{kind}, got {target.name!r}")
         if kind == "zip":
             return self.export_bundle(target, requester=requester, scope=scope, latest_only=latest_only)
         identity = self._check_scope(requester, scope)
