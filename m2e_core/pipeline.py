@@ -38,7 +38,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import Audio, Segment, load_audio, prepare_waveform, resample, segment_audio
+from .audio import (
+    MAX_DECODE_SAMPLE_RATE,
+    Audio,
+    Segment,
+    load_audio,
+    prepare_waveform,
+    resample,
+    segment_audio,
+)
 from .constants import (
     DEFAULT_TOP_K,
     MAX_CHORD_TOKENS,
@@ -47,7 +55,7 @@ from .constants import (
     MIN_TAIL_SECONDS,
     SEGMENT_SECONDS,
 )
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, InvalidAudioError, ModelError
 from .files import file_sha256
 from .types import Analysis, ChordSpan, KeyEstimate, KeySpan, ModelProvenance, SegmentEmotion, TrackEmotion
 from .weights import DOWNLOAD_COMMAND
@@ -386,12 +394,22 @@ class Analyzer:
     # -- analysis ---------------------------------------------------------------------------
 
     def load(self, audio: AudioInput) -> Audio:
-        """Decode and validate ``audio`` (a path, an :class:`Audio` or ``(samples, rate)``)."""
+        """Decode and validate ``audio`` (a path, an :class:`Audio` or ``(samples, rate)``).
+
+        Files are decoded block by block (:func:`m2e_core.audio.load_audio`): at their own rate up
+        to 48 kHz, resampled to 48 kHz while decoded above it. ``(samples, rate)`` above 48 kHz is
+        resampled to 48 kHz the same way, so a waveform and its file analyse alike.
+        """
         if isinstance(audio, Audio):
             return audio
         if isinstance(audio, tuple):
+            if len(audio) != 2:
+                raise InvalidAudioError(f"expected (samples, sample_rate), got a tuple of {len(audio)} items")
             samples, rate = audio
-            return prepare_waveform(samples, rate, max_duration=self.max_duration)
+            capped = None
+            if isinstance(rate, (int, np.integer)) and not isinstance(rate, bool) and rate > MAX_DECODE_SAMPLE_RATE:
+                capped = MAX_DECODE_SAMPLE_RATE
+            return prepare_waveform(samples, rate, max_duration=self.max_duration, target_sample_rate=capped)
         return load_audio(audio, max_bytes=self.max_bytes, max_duration=self.max_duration)
 
     def analyze(self, audio: AudioInput, *, progress: ProgressCallback | None = None) -> Analysis:
