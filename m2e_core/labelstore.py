@@ -183,7 +183,14 @@ class LabelPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"label policy: {name} must be a positive integer, got {value!r}")
-        object.__setattr__(self, "admins", frozenset(self.admins))
+        admins = frozenset(self.admins)
+        for key in admins:
+            provider, _, name = str(key).partition(":")
+            try:
+                Identity(name, provider)
+            except LabelError as error:
+                raise ConfigError(f"label policy: admins are identity keys such as 'hf:alice', got {key!r}") from error
+        object.__setattr__(self, "admins", admins)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LabelPolicy:

@@ -274,6 +274,10 @@ def test_on_a_space_only_signed_in_accounts_own_labels(tmp_path, database):
 def test_bad_policy_settings_are_named(env, message):
     with pytest.raises(ConfigError, match=message):
         LabelPolicy.from_env(env)
+    with pytest.raises(ConfigError, match="identity keys such as 'hf:alice', got 'alice'"):
+        LabelPolicy(admins={"alice"})
+    with pytest.raises(ConfigError, match="user_labels must be a positive integer"):
+        LabelPolicy(user_labels=0)
 
 
 # -- quotas and pruning ---------------------------------------------------------------------
