@@ -210,9 +210,7 @@ def generate(
                               valence if has_va else None, arousal if has_va else None, tags if has_tags else None)
         items.append(item)
         rows.append(ManifestRow(relative, item.valence, item.arousal, item.tags or ()))
-    manifest = root / "manifest.csv"
-    with atomic_path(manifest, ".csv") as temporary:  # the user's umask (write_manifest's own file is 0600)
-        write_manifest(rows, temporary)
+    manifest = write_manifest(rows, root / "manifest.csv")
     truth = {"seed": seed, "seconds": seconds, "sample_rate": sample_rate, "tracks": [asdict(i) for i in items]}
     write_text_atomic(root / "truth.json", json.dumps(truth, indent=1) + "\n")
     return manifest
