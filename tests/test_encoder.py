@@ -685,6 +685,8 @@ def test_concurrent_embedding_matches_sequential(encoder):
 def test_fast_mode_is_close_to_exact(tiny_dir, encoder):
     fast = MertEncoder.from_pretrained(tiny_dir, fast=True)
     assert fast.fast is True
+    # The weights are held in bf16 (half the memory), the embeddings handed out in float32.
+    assert {parameter.dtype for parameter in fast.model.parameters()} == {torch.bfloat16}
     segments = [_waveform(3.0, seed=50), _waveform(2.0, seed=51)]
     exact = encoder.embed(segments)
     approximate = fast.embed(segments)
