@@ -20,14 +20,15 @@ Per-segment predictions read the segment's own MERT embedding and the chords sou
 the track-level prediction reads the mean of the segment embeddings and the whole track's
 chords, as the model was trained upstream.
 
-Two keys are estimated. The displayed key comes from a key-profile estimate over the audio's
-chroma (:func:`m2e_core.chroma.estimate_key_from_audio`; MIREX score 0.963 against 0.932 for
-the chord route on rendered Bach chorales, see ``benchmarks/``). The model's mode input and the
-chord normalisation use the key the checkpoint was trained with: music21 over the chords.
+Two keys are estimated. The displayed key, and the key over time, come from tuned chroma
+(:func:`m2e_core.tonality.estimate_tonality`, scored on real recordings and rendered chorales in
+``benchmarks/``). The model's mode input and the chord normalisation use the key the checkpoint
+was trained with: music21 over the model's chords.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import warnings
@@ -74,6 +75,8 @@ _ENCODER_BATCH = {"cpu": 1, "cuda": 8}
 _MODE_SOURCES = ("music21-chords",)
 #: Recogniser a checkpoint was trained on when it does not say (the published Music2Emo heads: BTC).
 _DEFAULT_TRAINED_CHORDS = "btc"
+#: Rate of the key and tuning estimates (the chord recognisers' rate: resampled once for all).
+_TONALITY_RATE = 22_050
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,14 @@ def _no_progress(stage: str, fraction: float, detail: str) -> None:
     return None
 
 
+def _takes_tuning(backend: object) -> bool:
+    """Whether a chord backend's ``recognize`` accepts a precomputed ``tuning`` (ours all do)."""
+    try:
+        return "tuning" in inspect.signature(backend.recognize).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def trained_chord_backend(config: object) -> str:
     """Name of the chord recogniser the heads were trained on (``"btc"`` unless the checkpoint says).
 
@@ -138,22 +149,6 @@ class PreparedTrack:
     key_timeline: tuple[KeySpan, ...]
     model_key: KeyEstimate
     normalized_chords: tuple[ChordSpan, ...]
-
-
-def longest_key(timeline: Sequence[KeySpan], start: float, end: float) -> KeyEstimate | None:
-    """The key of ``timeline`` that sounds longest in ``[start, end)`` (``None`` if none does)."""
-    overlap: dict[tuple[str, str], float] = {}
-    best: dict[tuple[str, str], KeyEstimate] = {}
-    for span in timeline:
-        shared = min(span.end, end) - max(span.start, start)
-        if shared > 0:
-            name = (span.key.tonic, span.key.mode)
-            overlap[name] = overlap.get(name, 0.0) + shared
-            if name not in best or span.key.confidence > best[name].confidence:
-                best[name] = span.key
-    if not overlap:
-        return None
-    return best[max(overlap, key=overlap.__getitem__)]
 
 
 def _trained_segmentation(config: object) -> tuple[float, float]:
@@ -436,43 +431,50 @@ class Analyzer:
         return self.complete(self.prepare(audio, progress=report), progress=report)
 
     def prepare(self, audio: AudioInput, *, progress: ProgressCallback | None = None) -> PreparedTrack:
-        """The first stages of :meth:`analyze`: decode, chords and key (no encoder, no heads).
+        """The first stages of :meth:`analyze`: decode, key and chords (no encoder, no heads).
 
-        Safe to run in worker threads while another thread runs :meth:`complete` on an earlier
-        track.
+        The recording's tuning is estimated once, with the key, and every chord recogniser
+        corrects for it. Safe to run in worker threads while another thread runs
+        :meth:`complete` on an earlier track.
         """
+        from .key import estimate_key, normalize_chords
+        from .tonality import estimate_tonality
+
         report = progress or _no_progress
         report("decode", 0.0, "decoding the audio")
         decoded = self.load(audio)
-        report("chords", 0.05, f"recognising chords ({self.chord_backend.name})")
-        chords = self._recognize(self.chord_backend, decoded)
-        model_chords = chords
-        if self.model_chord_backend is not None and self.model_chord_backend is not self.chord_backend:
-            report("chords", 0.15, f"recognising the model's chords ({self.model_chord_backend.name})")
-            model_chords = self._recognize(self.model_chord_backend, decoded)
-        report("key", 0.25, "estimating the key")
-        from .chroma import estimate_key_from_audio
-        from .key import estimate_key, normalize_chords
+        at_rate: dict[int, np.ndarray] = {}
 
-        key_rate = 22_050
-        key = estimate_key_from_audio(self._at_rate(decoded, key_rate), key_rate)
+        def samples_at(rate: int) -> np.ndarray:
+            if rate not in at_rate:
+                at_rate[rate] = resample(decoded.samples, decoded.sample_rate, rate)
+            return at_rate[rate]
+
+        report("key", 0.05, "estimating the tuning and the key")
+        tonality = estimate_tonality(samples_at(_TONALITY_RATE), _TONALITY_RATE)
+        backends = [self.chord_backend]
+        if self.model_chord_backend is not None and self.model_chord_backend is not self.chord_backend:
+            backends.append(self.model_chord_backend)
+        recognised = []
+        for number, backend in enumerate(backends):
+            whose = "the model's chords" if number else "chords"
+            report("chords", 0.1 + 0.1 * number, f"recognising {whose} ({backend.name})")
+            rate = int(backend.sample_rate)
+            if _takes_tuning(backend):
+                recognised.append(backend.recognize(samples_at(rate), rate, tuning=tonality.tuning))
+            else:
+                recognised.append(backend.recognize(samples_at(rate), rate))
+        chords, model_chords = recognised[0], recognised[-1]
         model_key = estimate_key(model_chords)
         return PreparedTrack(
             audio=decoded,
             chords=chords,
             model_chords=model_chords,
-            key=key,
-            key_timeline=(),
+            key=tonality.key,
+            key_timeline=tonality.timeline,
             model_key=model_key,
             normalized_chords=normalize_chords(model_chords, model_key),
         )
-
-    def _at_rate(self, audio: Audio, rate: int) -> np.ndarray:
-        return resample(audio.samples, audio.sample_rate, rate)
-
-    def _recognize(self, backend: object, audio: Audio) -> tuple[ChordSpan, ...]:
-        rate = int(backend.sample_rate)
-        return backend.recognize(self._at_rate(audio, rate), rate)
 
     def complete(self, prepared: PreparedTrack, *, progress: ProgressCallback | None = None) -> Analysis:
         """The emotion stages of :meth:`analyze` (MERT and heads) on a :meth:`prepare` result."""
@@ -511,13 +513,15 @@ class Analyzer:
             yield partial
             return
         yield replace(partial, segments=())
+        from .tonality import local_key
+
         segments: list[SegmentEmotion] = []
         embeddings: list[np.ndarray] = []
         for segment, embedding in self._iter_embeddings(prepared.audio, report):
             window = chords_in_window(prepared.normalized_chords, segment.start, segment.end)
             tag_probs, va = self._predict_one(embedding, window, prepared.model_key)
             emotion = self._segment_emotion(segment.index, segment.start, segment.end, tag_probs, va)
-            segments.append(replace(emotion, key=longest_key(prepared.key_timeline, segment.start, segment.end)))
+            segments.append(replace(emotion, key=local_key(prepared.key_timeline, segment.start, segment.end)))
             embeddings.append(embedding)
             yield replace(partial, segments=tuple(segments))
         report("heads", 0.95, "predicting the whole track's emotion")

@@ -107,7 +107,7 @@ def test_no_emotion_loads_no_models(chord_backend, loop_files):
     assert analyzer.encoder is None and not analyzer.emotion_enabled
     stages: list[str] = []
     analysis = analyzer.analyze(loop_files[0], progress=lambda stage, fraction, detail: stages.append(stage))
-    assert stages == ["decode", "chords", "key", "done"]
+    assert stages == ["decode", "key", "chords", "done"]
     assert analysis.segments is None and analysis.track is None
     assert "segments" not in analysis.to_dict()
     assert (analysis.key.tonic, analysis.key.mode) == ("C", "major")
@@ -174,15 +174,22 @@ def test_parallel_analyses_are_independent_and_write_nothing(analyzer, loop_file
 
 
 def test_displayed_key_and_model_key_are_separate(analyzer, loop_files, monkeypatch):
-    """The displayed key may come from audio chroma; the model reads the chord-route key."""
-    import m2e_core.chroma
+    """The displayed key comes from audio chroma; the model reads the chord-route key."""
+    import dataclasses
+
+    import m2e_core.tonality
     from m2e_core.key import estimate_key, normalize_chords
-    from m2e_core.types import KeyEstimate
+    from m2e_core.types import KeyEstimate, KeySpan
 
     shown = KeyEstimate("F#", "minor", 0.42)
-    monkeypatch.setattr(m2e_core.chroma, "estimate_key_from_audio", lambda samples, rate: shown)
+    real = m2e_core.tonality.estimate_tonality
+    timeline = (KeySpan(0.0, 40.0, shown), KeySpan(40.0, 64.0, KeyEstimate("A", "major", 0.6)))
+    monkeypatch.setattr(m2e_core.tonality, "estimate_tonality", lambda samples, rate, **kw: dataclasses.replace(
+        real(samples, rate, **kw), key=shown, timeline=timeline))
     analysis = analyzer.analyze(loop_files[0])
-    assert analysis.key == shown
+    assert analysis.key == shown and analysis.key_timeline == timeline
+    # Each segment carries the local key sounding longest in it.
+    assert [s.key.tonic for s in analysis.segments] == ["F#", "A"]
     assert analysis.model_key == estimate_key(analysis.chords)
     assert (analysis.model_key.tonic, analysis.model_key.mode) == ("C", "major")
     assert analysis.normalized_chords == normalize_chords(analysis.chords, analysis.model_key)
