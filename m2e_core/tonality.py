@@ -26,7 +26,7 @@ Conventions
 - Timeline: the same evidence over windows of :data:`WINDOW_SECONDS`, one every
   :data:`STEP_SECONDS`; the window scores at :data:`LOCAL_TEMPERATURE` are the emissions of a
   24-state hidden Markov model that changes key with probability :data:`SWITCH_PROBABILITY`
-  per step. Viterbi gives the path; each span's confidence is the mean posterior
+  per step, the global key's emission raised by :data:`GLOBAL_KEY_BONUS`. Viterbi gives the path; each span's confidence is the mean posterior
   (forward-backward) of its key over its steps. Spans are contiguous from 0 to the duration,
   equal neighbours merged.
 """
@@ -46,6 +46,7 @@ from m2e_core.vocab import PITCH_CLASSES
 
 __all__ = [
     "BASS_WEIGHT",
+    "GLOBAL_KEY_BONUS",
     "KEY_PROFILE",
     "KEY_TEMPERATURE",
     "LOCAL_TEMPERATURE",
@@ -75,10 +76,13 @@ RELATIVE_MARGIN = 0.05
 LOCAL_TEMPERATURE = 0.2
 #: Length of the windows of the timeline and the step between them, seconds (chosen on
 #: rendered chorales and pairs of them, see ``benchmarks/chords_keys.py``: 8-30 s windows tried).
-WINDOW_SECONDS = 20.0
+WINDOW_SECONDS = 12.0
 STEP_SECONDS = 1.0
 #: Probability of changing key from one step to the next (to any of the 23 other keys alike).
 SWITCH_PROBABILITY = 1e-4
+#: Log-likelihood added to the global key in every window: the local key leaves the key of the
+#: whole track only where a window's evidence is clearly elsewhere.
+GLOBAL_KEY_BONUS = 0.5
 
 _MODES = ("major", "minor")
 _BINS_PER_OCTAVE = 36
@@ -288,8 +292,14 @@ def _smooth(log_emission: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return path, posterior
 
 
-def _timeline(chroma: TonalChroma) -> tuple[KeySpan, ...]:
-    emissions, centres = _window_log_emissions(chroma)
+def _key_index(key: KeyEstimate) -> int:
+    return PITCH_CLASSES.index(key.tonic) + 12 * _MODES.index(key.mode)
+
+
+def _timeline(chroma: TonalChroma, global_key: KeyEstimate) -> tuple[KeySpan, ...]:
+    emissions, _ = _window_log_emissions(chroma)
+    if global_key.confidence > 0:
+        emissions[:, _key_index(global_key)] += GLOBAL_KEY_BONUS
     path, posterior = _smooth(emissions)
     spans: list[KeySpan] = []
     first = 0
@@ -327,7 +337,8 @@ def _global_key(chroma: TonalChroma) -> KeyEstimate:
 
 def tonality_from_chroma(chroma: TonalChroma) -> Tonality:
     """Global key and key timeline of a precomputed :class:`TonalChroma`."""
-    return Tonality(_global_key(chroma), _timeline(chroma), chroma.tuning)
+    global_key = _global_key(chroma)
+    return Tonality(global_key, _timeline(chroma, global_key), chroma.tuning)
 
 
 def estimate_tonality(samples: np.ndarray, sample_rate: int, *, tuning: Tuning | None = None) -> Tonality:
