@@ -31,6 +31,9 @@ if [ -z "${M2E_TEST_POSTGRES_URL:-}" ]; then
     trap 'bash tests/postgres.sh stop "$m2e_pg_dir"' EXIT
     if m2e_pg_url="$(bash tests/postgres.sh start "$m2e_pg_dir")"; then
         export M2E_TEST_POSTGRES_URL="$m2e_pg_url"
+    elif [ -n "${M2E_REQUIRE_POSTGRES:-}" ]; then
+        echo "error: no PostgreSQL server could be started, and M2E_REQUIRE_POSTGRES is set (CI)" >&2
+        exit 1
     else
         echo "note: no PostgreSQL server could be started; the PostgreSQL label store tests will be skipped" >&2
     fi
