@@ -364,3 +364,23 @@ def test_torchrun_two_ranks_write_shards_and_merge(tmp_path, tiny):
             assert record["chords"] == twin["chords"] and record["key"] == twin["key"]
             assert record["track"]["valence"] == pytest.approx(twin["track"]["valence"], abs=1e-4)
             assert record["track"]["tags"] == pytest.approx(twin["track"]["tags"], abs=1e-4)
+
+
+def test_shard_contexts_from_the_command_line_and_torchrun(monkeypatch, tmp_path):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert DistributedContext.resolve("1/3") == DistributedContext(1, 3)
+    assert DistributedContext.resolve(None) == DistributedContext(0, 1)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert DistributedContext.resolve(None) == DistributedContext(3, 4, 1, torchrun=True)
+    with pytest.raises(ConfigError, match="use one or the other"):
+        DistributedContext.resolve("0/2")
+    assert shard_file(tmp_path / "r.jsonl", 3, 4).name == "r.jsonl.shard-3-of-4"
+    assert shard_file(tmp_path / "r.jsonl", 0, 1) == tmp_path / "r.jsonl"
+    from m2e_core.sharding import shard_files
+
+    for name in ("r.jsonl.shard-1-of-2", "r.jsonl.shard-0-of-2", "r.jsonl.shard-x", "other.jsonl.shard-0-of-2"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in shard_files(tmp_path / "r.jsonl")] == ["r.jsonl.shard-0-of-2", "r.jsonl.shard-1-of-2"]
