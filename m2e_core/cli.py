@@ -19,6 +19,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -292,7 +293,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def run_library(args: argparse.Namespace) -> int:
     from .library import ResultsFile, analyze_library, merge_results, scan_library
-    from .sharding import DistributedContext, shard_file
+    from .sharding import DistributedContext, shard_file, shard_files
 
     context = DistributedContext.resolve(args.shard)
     tracks = scan_library(args.inputs)
@@ -301,9 +302,15 @@ def run_library(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     output = Path(args.library_out)
     own = context.shard_file(output)
-    with ResultsFile(own) as checked:  # locked, damaged or unwritable output: fail before the models load
-        if checked.repaired:
-            print(f"{own}: {checked.repaired}", file=sys.stderr)
+    # A locked, damaged or unwritable output fails here, before the models load.
+    if own.exists():
+        with ResultsFile(own) as checked:
+            if checked.repaired:
+                print(f"{own}: {checked.repaired}", file=sys.stderr)
+    else:
+        folder = next((parent for parent in own.absolute().parents if parent.exists()), None)
+        if folder is None or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write {own}: {folder} is not a writable folder")
     context.connect(timeout_s=_BARRIER_TIMEOUT_S)
     prefix = f"rank {context.rank}/{context.world_size}: " if context.distributed else ""
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -333,7 +340,8 @@ def run_library(args: argparse.Namespace) -> int:
                 _error(f"shard files of other ranks are not visible here ({', '.join(absent)}): copy them "
                        f"beside {output} and run: m2e merge {output}.shard-* --out {output}")
             else:
-                merged = merge_results([*([output] if output.is_file() else []), *shards], output)
+                # Every shard file there is, of this world size or an earlier run's.
+                merged = merge_results([*([output] if output.is_file() else []), *shard_files(output)], output)
                 print(f"merged {merged.ok} results and {merged.failed} failures from {len(shards)} shards "
                       f"-> {output}", file=sys.stderr)
         context.barrier()

@@ -324,8 +324,11 @@ class ResultsFile:
         if self._fd is None:
             raise ConfigError(f"{self.path} is not open")
         line = result.to_line()
-        _write_all(self._fd, line)
-        os.fsync(self._fd)
+        try:
+            _write_all(self._fd, line)
+            os.fsync(self._fd)
+        except OSError as error:  # a disk full: the line may be torn, the next run repairs it
+            raise ConfigError(f"cannot write to {self.path}: {error.strerror or error}") from error
         entry = ResultEntry(result, self.path, self._size, len(line) - 1)
         self._size += len(line)
         return entry
@@ -635,17 +638,19 @@ def _prepared(analyzer: object, todo: list[_Work], index: _ResumeIndex, workers:
             work.error = _reason(work.track, error)
 
     def run() -> None:
-        import torch
+        try:
+            import torch
 
-        torch.set_num_threads(max(1, worker_threads))  # this thread's own setting
-        while not stop.is_set():
-            slots.acquire()
-            work = tasks.get()
-            if work is _END or stop.is_set():
-                ready.put(_END)
-                return
-            prepare(work)
-            ready.put(work)
+            torch.set_num_threads(max(1, worker_threads))  # this thread's own setting
+            while not stop.is_set():
+                slots.acquire()
+                work = tasks.get()
+                if work is _END or stop.is_set():
+                    return
+                prepare(work)
+                ready.put(work)
+        finally:
+            ready.put(_END)  # whatever happened, the consumer stops waiting for this thread
 
     threads = [threading.Thread(target=run, name=f"m2e-prepare-{number}", daemon=True) for number in range(workers)]
     for thread in threads:

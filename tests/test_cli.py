@@ -202,3 +202,26 @@ def test_tiny_models_include_a_btc_that_feeds_the_model(workspace):
     roles = {item["role"]: item["name"] for item in data["provenance"]}
     assert roles["chords"] == "btc-large-voca" and roles["model-chords"] == "btc-large-voca"
     assert data["warnings"] == [] and "warning:" not in result.stderr
+
+
+def test_library_output_is_checked_before_models_load(workspace, tmp_path):
+    _, music, _ = workspace
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    probe = ("import sys; from m2e_core.cli import main; code = main(['analyze', sys.argv[1], '--out', sys.argv[2]]); "
+             "print('torch' in sys.modules, code)")
+    result = subprocess.run([sys.executable, "-c", probe, str(music), str(blocker / "results.jsonl")],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1"))
+    assert result.stdout.split() == ["False", "1"]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a writable folder" in lines[0]
+
+
+@pytest.mark.slow
+def test_library_run_without_weights_leaves_no_file(workspace, tmp_path):
+    root, music, cwd = workspace
+    out = tmp_path / "results.jsonl"
+    result = run_cli("analyze", str(music), "--out", str(out), "--offline", cwd=cwd, home=root / "home")
+    assert result.returncode == 1 and "--no-emotion" in result.stderr
+    assert not out.exists() and os.listdir(tmp_path) == []
