@@ -37,6 +37,7 @@ from m2e_core.chords import (
     transpose_chord_label,
 )
 from m2e_core.errors import CheckpointError, ConfigError, InvalidAudioError, WeightsNotFoundError
+from m2e_core.tuning import Tuning
 from m2e_core.types import ChordSpan
 
 LOOP_LABELS = ["C:maj", "G:maj", "A:min", "F:maj"]
@@ -375,6 +376,27 @@ def test_btc_features_shape():
     assert features.shape == (108 + 1 + int(2.5 * 22_050) // 2048, 144)
     assert features.dtype == np.float32 and np.isfinite(features).all()
     assert features.min() >= np.log(1e-6) - 1e-3
+
+
+def test_btc_features_equal_one_transform_per_chunk(monkeypatch):
+    """Chunks transformed together give the frames of each 10 s chunk transformed on its own."""
+    import librosa
+
+    import m2e_core.btc as btc
+
+    monkeypatch.setattr(btc, "_CHUNKS_PER_CALL", 2)  # three whole chunks: a group of two, then one
+    rate = 22_050
+    time = np.arange(int(34.5 * rate)) / rate
+    samples = (0.3 * np.sin(2 * np.pi * 220.0 * time * (1 + 0.01 * time))).astype(np.float32)
+    tuning = Tuning(cents=-20.0, strength=1.0)
+    features = btc.btc_features(samples, tuning=tuning)
+    chunk = 10 * rate
+    expected = np.concatenate([
+        np.log(np.abs(librosa.cqt(samples[start:start + chunk], sr=rate, n_bins=144, bins_per_octave=24,
+                                  hop_length=2048, tuning=tuning.bins(24))) + 1e-6).T
+        for start in range(0, samples.size, chunk)
+    ]).astype(np.float32)
+    np.testing.assert_array_equal(features, expected)
 
 
 def test_btc_strict_keys(btc_checkpoint, tmp_path):
