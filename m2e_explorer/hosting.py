@@ -9,7 +9,8 @@ same endpoint is the MCP tool ``analyze_track`` when the app runs as an MCP serv
 ``GRADIO_MCP_SERVER=1`` (or ``launch(mcp_server=True)``; :func:`launch_kwargs` reads the
 variable, and needs ``gradio[mcp]``). The MCP server speaks streamable HTTP at
 ``/gradio_api/mcp/``; an MCP client passes the audio as an ``http(s)://`` URL or a
-``data:audio/...;base64,`` string, which Gradio saves as an upload before the tool runs.
+``data:audio/...;base64,`` string, which Gradio saves as an upload before the tool runs; the tool's
+result is the same dict, as text. The endpoint reads only uploads: a plain path string is refused.
 
 ZeroGPU
 -------

@@ -34,7 +34,7 @@ from .library import (
 
 __all__ = ["MAX_SHOWN_ROWS", "LibraryHandlers", "LibraryTab", "LibraryView", "build"]
 
-#: Rows sent to the page at once (the plane shows every track; filters narrow the table).
+#: Rows sent to the page at once (the plane shows the whole selection; filters narrow the table).
 MAX_SHOWN_ROWS = 2_000
 #: Dropdown value meaning "no filter".
 ANY = ""
@@ -101,12 +101,13 @@ class LibraryHandlers:
         library = read_library(paths)
         return library, self.view(library.table, None, None)
 
-    def summary(self, table: pd.DataFrame | None, tag: str | None, quadrant: str | None, row: int) -> str:
-        """Markdown about the ``row``-th track of the shown selection."""
-        rows = self.selection(table, tag, quadrant)
-        if not 0 <= row < min(len(rows), MAX_SHOWN_ROWS):
-            raise ConfigError(f"no track at row {row + 1} of this selection")
-        return track_summary(rows.iloc[row])
+    def summary(self, table: pd.DataFrame | None, track: str) -> str:
+        """Markdown about one track of the library, named by its ``track`` path."""
+        library = self._require(table)
+        rows = library[library["track"] == track]
+        if rows.empty:
+            raise ConfigError(f"{track!r} is not in this library")
+        return track_summary(rows.iloc[0])
 
     def export(self, table: pd.DataFrame | None, tag: str | None, quadrant: str | None, base: str) -> str:
         """Write the selection as ``m2e-library.m3u`` in a private directory and return its path."""
@@ -189,8 +190,11 @@ def build(ctx: RequestDirs) -> LibraryTab:
         return view.caption, view.plane, view.rows, ""
 
     @_user_errors
-    def on_select(library_table, tag_value, quadrant_value, event: gr.SelectData):
-        return handlers.summary(library_table, tag_value, quadrant_value, int(event.index[0]))
+    def on_select(library_table, shown_rows, event: gr.SelectData):
+        # The selected row's own values name the track, wherever sorting in the page has moved it.
+        if event.row_value:
+            return handlers.summary(library_table, str(event.row_value[0]))
+        return handlers.summary(library_table, str(shown_rows.iloc[int(event.index[0])]["track"]))
 
     @_user_errors
     def on_export(library_table, tag_value, quadrant_value, base_value):
@@ -200,7 +204,7 @@ def build(ctx: RequestDirs) -> LibraryTab:
                  api_visibility="private")
     gr.on([tag.input, quadrant.input], on_filter, [state, tag, quadrant], [status, plane, table, summary],
           api_visibility="private")
-    table.select(on_select, [state, tag, quadrant], summary, api_visibility="private")
+    table.select(on_select, [state, table], summary, api_visibility="private")
     export_button.click(on_export, [state, tag, quadrant, base], playlist, api_visibility="private")
     return LibraryTab(handlers, files, status, tag, quadrant, plane, table, summary, base, export_button,
                       playlist, state)

@@ -228,9 +228,9 @@ def test_tab_handlers_open_filter_select_and_export(results, tmp_path):
     assert filtered.rows["track"].tolist() == ["ambient/still.flac", "dark/slow.wav"]
     assert filtered.caption == "2 of 6 tracks with tag **calm**."
     assert sum(len(trace.x) for trace in filtered.plane.data) == 2
-    assert "### dark/slow.wav" in handlers.summary(library.table, "calm", "", 1)
-    with pytest.raises(ConfigError, match="no track at row 3"):
-        handlers.summary(library.table, "calm", "", 2)
+    assert "### dark/slow.wav" in handlers.summary(library.table, filtered.rows["track"][1])
+    with pytest.raises(ConfigError, match="'elsewhere.wav' is not in this library"):
+        handlers.summary(library.table, "elsewhere.wav")
     playlist = Path(handlers.export(library.table, "calm", "sad / depressed", "Music"))
     assert playlist.name == "m2e-library.m3u" and playlist.parent.parent == tmp_path / "requests"
     assert playlist.read_text() == "#EXTM3U\n#EXTINF:95,slow\nMusic/dark/slow.wav\n"
@@ -240,14 +240,33 @@ def test_tab_handlers_open_filter_select_and_export(results, tmp_path):
         handlers.view(None, "", "")
 
 
-def test_tab_builds_inside_tabs_with_private_events(tmp_path):
+def test_tab_builds_inside_tabs_and_its_wired_events_open_filter_select_export(results, tmp_path):
     with gr.Blocks() as demo, gr.Tabs():
         tab = library_tab.build(Dirs(tmp_path))
     assert tab.quadrant.choices[1:] == [(name, name) for name in QUADRANT_NAMES]
     config = demo.get_config_file()
     assert any(block.get("props", {}).get("label") == "Library" for block in config["components"])
     events = [dep for dep in config["dependencies"] if dep["targets"]]
-    assert len(events) == 4 and {dep["api_visibility"] for dep in events} == {"private"}
+    assert len(events) == 4 and {dep["api_visibility"] for dep in events} == {"private"}  # UI only: no API, no MCP
+    on_open, on_filter, on_select, on_export = (demo.fns[dep["id"]].fn for dep in events)
+
+    state, status, tags, quadrant, plane, shown, summary = on_open([str(results)])
+    assert status.startswith("6 tracks (5 analysed, 1 failed)") and len(shown) == 6 and summary == ""
+    assert tags["choices"][:3] == [("any tag", ""), ("calm", "calm"), ("energetic", "energetic")]
+    caption, plane, shown, _ = on_filter(state, "energetic", "")
+    assert caption == "2 of 6 tracks with tag **energetic**." and shown["track"].tolist() == [
+        "metal/angry.ogg", "rock/loud.mp3"]
+    picked = gr.SelectData(None, {"index": [1, 0], "value": "rock/loud.mp3", "row_value": shown.iloc[1].tolist()})
+    assert on_select(state, shown, picked).startswith("### rock/loud.mp3")
+    playlist = Path(on_export(state, "energetic", "", ""))
+    assert playlist.read_text().splitlines()[1:] == ["#EXTINF:240,angry", "metal/angry.ogg",
+                                                      "#EXTINF:182,loud", "rock/loud.mp3"]
+    with pytest.raises(gr.Error, match="open a results.jsonl first"):
+        on_export(None, "", "", "")
+    with pytest.raises(gr.Error, match="line 1 is not a result record"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text("{}\n")
+        on_open([str(bad)])
 
 
 @pytest.mark.slow
