@@ -562,14 +562,24 @@ def chord_timeline(
                               showarrow=False)
     if segments is None:
         segments = [(s.index, s.start, s.end) for s in analysis.segments or ()]
+    # Shapes and labels are built as lists and set once: add_vline/add_annotation copy every
+    # shape already there, which makes a long track's figure quadratic in its segments.
+    boundary = {"type": "line", "xref": "x", "yref": "paper", "y0": 0, "y1": 1,
+                "line": {"color": "#555", "width": 1, "dash": "dash"}}
+    shapes: list[dict[str, object]] = []
+    annotations = list(figure.layout.annotations)
     for index, start, end in segments:
         if index == selected_segment:
-            figure.add_vrect(x0=start, x1=end, fillcolor=_HIGHLIGHT_COLOR, line_width=0, layer="below")
-        figure.add_vline(x=start, line={"color": "#555", "width": 1, "dash": "dash"})
-        figure.add_annotation(x=start, y=1.0, yref="paper", yanchor="bottom", xanchor="left",
-                              text=f"seg {index + 1}", showarrow=False, font={"size": 10, "color": "#555"})
+            shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": start, "x1": end, "y0": 0, "y1": 1,
+                           "fillcolor": _HIGHLIGHT_COLOR, "line": {"width": 0}, "layer": "below"})
+        shapes.append({**boundary, "x0": start, "x1": start})
+        annotations.append(go.layout.Annotation(x=start, y=1.0, yref="paper", yanchor="bottom", xanchor="left",
+                                                text=f"seg {index + 1}", showarrow=False,
+                                                font={"size": 10, "color": "#555"}))
     if segments:
-        figure.add_vline(x=max(end for _, _, end in segments), line={"color": "#555", "width": 1, "dash": "dash"})
+        last = max(end for _, _, end in segments)
+        shapes.append({**boundary, "x0": last, "x1": last})
+    figure.update_layout(shapes=shapes, annotations=annotations)
     figure.update_layout(
         barmode="overlay",
         title={"text": (f"Key {analysis.key.tonic} {analysis.key.mode} "

@@ -207,3 +207,12 @@ def test_batch_plane_has_one_point_per_track_with_emotion():
 def test_small_helpers():
     assert format_time(0) == "0:00" and format_time(75.3) == "1:15" and format_time(3600) == "60:00"
     assert empty_figure("nothing").layout.annotations[0].text == "nothing"
+
+
+def test_chord_timeline_sets_segment_shapes_in_one_batch():
+    """A long track's boundaries are one list of shapes (linear), not one add_vline per segment."""
+    analysis = _analysis(emotion=False)
+    many = [(index, index * 0.08, (index + 1) * 0.08) for index in range(500)]
+    figure = chord_timeline(analysis, segments=many, selected_segment=3)
+    assert len(figure.layout.shapes) == 500 + 1 + 1 and len(figure.layout.annotations) == 500
+    assert [(s.x0, s.x1) for s in figure.layout.shapes if s.type == "rect"] == [(0.24, 0.32)]

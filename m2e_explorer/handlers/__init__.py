@@ -1,0 +1,1 @@
+"""The explorer's handlers: the Analyze tab (``analysis``), labelling (``labels``), the Batch tab (``batch``)."""
