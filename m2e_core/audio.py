@@ -15,7 +15,8 @@ Conventions
 - Segments (:func:`segment_audio`): ``tail="merge"`` joins a short tail to the segment before it
   (what the explorer shows); ``tail="drop"`` keeps whole segments only, and audio shorter than
   one segment as one segment, which is how the upstream Music2Emo feature extraction cut its
-  training audio.
+  training audio. :func:`model_segments` is what the emotion model reads: the merged bounds,
+  each segment's samples cut to one window.
 - Every check raises a subclass of :class:`m2e_core.errors.AudioError` with a one-line message
   that names the file (its name only, never a directory) and says what was wrong.
 """
@@ -26,7 +27,7 @@ import errno
 import math
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -429,6 +430,40 @@ def segment_audio(
         Segment(index, start / rate, end / rate, audio.samples[start:end])
         for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:]))
     )
+
+
+def model_segments(
+    audio: Audio,
+    *,
+    segment_seconds: float = SEGMENT_SECONDS,
+    min_tail_seconds: float = MIN_TAIL_SECONDS,
+) -> tuple[Segment, ...]:
+    """The segments an emotion model reads: the explorer's segments, each cut to one window.
+
+    The bounds are :func:`segment_audio`'s with ``tail="merge"`` (what the explorer shows), but
+    every segment's samples stop after ``segment_seconds``: a merged last segment (30 + up to
+    5 s) is read over its first 30 s, as the upstream feature extraction read whole 30 s
+    windows. A tail of ``min_tail_seconds`` or more stays its own, shorter segment, as upstream
+    inference reads it. :func:`is_whole` tells the whole windows, the only ones the training
+    features averaged into a track.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> audio = Audio(np.zeros(24_000 * 62, dtype=np.float32), 24_000, "x")
+    >>> [(s.start, s.end, len(s.samples) / 24_000) for s in model_segments(audio)]
+    [(0.0, 30.0, 30.0), (30.0, 62.0, 30.0)]
+    """
+    step = int(round(segment_seconds * audio.sample_rate))
+    return tuple(
+        replace(segment, samples=segment.samples[:step]) if len(segment.samples) > step else segment
+        for segment in segment_audio(audio, segment_seconds=segment_seconds, min_tail_seconds=min_tail_seconds)
+    )
+
+
+def is_whole(segment: Segment, sample_rate: int, segment_seconds: float = SEGMENT_SECONDS) -> bool:
+    """Whether ``segment`` (of :func:`model_segments`) holds a whole ``segment_seconds`` window."""
+    return len(segment.samples) >= int(round(segment_seconds * sample_rate))
 
 
 # -- decoding ---------------------------------------------------------------------------------

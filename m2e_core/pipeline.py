@@ -43,10 +43,11 @@ from .audio import (
     MAX_DECODE_SAMPLE_RATE,
     Audio,
     Segment,
+    is_whole,
     load_audio,
+    model_segments,
     prepare_waveform,
     resample,
-    segment_audio,
 )
 from .constants import (
     DEFAULT_TOP_K,
@@ -517,7 +518,10 @@ class Analyzer:
 
         segments: list[SegmentEmotion] = []
         embeddings: list[np.ndarray] = []
+        whole: list[np.ndarray] = []
         for segment, embedding in self._iter_embeddings(prepared.audio, report):
+            if is_whole(segment, self.encoder.sample_rate, self.segment_seconds):
+                whole.append(embedding)
             window = chords_in_window(prepared.normalized_chords, segment.start, segment.end)
             tag_probs, va = self._predict_one(embedding, window, prepared.model_key)
             emotion = self._segment_emotion(segment.index, segment.start, segment.end, tag_probs, va)
@@ -525,7 +529,11 @@ class Analyzer:
             embeddings.append(embedding)
             yield replace(partial, segments=tuple(segments))
         report("heads", 0.95, "predicting the whole track's emotion")
-        tag_probs, va = self._predict_one(np.mean(embeddings, axis=0), prepared.normalized_chords, prepared.model_key)
+        # The track is the mean of its whole windows, as the training features averaged them
+        # (a shorter tail has its own segment emotion but stays out); a track shorter than one
+        # window is its one segment.
+        tag_probs, va = self._predict_one(np.mean(whole or embeddings, axis=0), prepared.normalized_chords,
+                                          prepared.model_key)
         track = self._segment_emotion(-1, 0.0, prepared.audio.duration, tag_probs, va)
         selected, rule = self.select_tags(track.tags)
         report("done", 1.0, "done")
@@ -546,11 +554,15 @@ class Analyzer:
         return tuple(item[0] for item in items), np.stack([item[1] for item in items])
 
     def _model_segments(self, audio: Audio) -> tuple[Segment, ...]:
-        """The segments the heads read, at the encoder's rate, cut as the checkpoint was trained."""
-        at_rate = Audio(resample(audio.samples, audio.sample_rate, self.encoder.sample_rate),
+        """The segments the heads read, at the encoder's rate, cut as the checkpoint was trained.
+
+        Resampled as the Music2Emo features were (torchaudio's default sinc resampler); each
+        segment read over at most one window (:func:`m2e_core.audio.model_segments`).
+        """
+        at_rate = Audio(resample(audio.samples, audio.sample_rate, self.encoder.sample_rate, method="sinc"),
                         self.encoder.sample_rate, audio.source)
-        return segment_audio(at_rate, segment_seconds=self.segment_seconds,
-                             min_tail_seconds=self.min_tail_seconds)
+        return model_segments(at_rate, segment_seconds=self.segment_seconds,
+                              min_tail_seconds=self.min_tail_seconds)
 
     def _iter_embeddings(self, audio: Audio, report: ProgressCallback) -> Iterator[tuple[Segment, np.ndarray]]:
         """``(segment, embedding)`` per model segment, in time order, computed batch by batch."""

@@ -341,3 +341,37 @@ def test_iter_analyze_yields_key_and_chords_first_then_segments(analyzer, loop_f
     assert all(item.track is None for item in items[:-1])
     assert items[-1].to_dict() == analyzer.analyze(loop_files[0]).to_dict()
     assert "embedding segment 1 of 2" in steps and "embedding segment 2 of 2" in steps
+
+
+def test_the_model_reads_whole_windows_resampled_as_trained(analyzer, chord_backend, loop_files):
+    """Segments as shown, each read over one 30 s window; the track is the mean of whole windows."""
+    from dataclasses import replace
+
+    from m2e_core.audio import resample
+    from m2e_core.key import encode_chord_tokens
+    from m2e_core.pipeline import LoadedHeads
+
+    decoded = analyzer.load(loop_files[0])  # 64 s: 0-30 and 30-64 (a 4 s tail merged) are shown
+    segments, embeddings = analyzer.embed(decoded)
+    assert [(s.start, s.end) for s in segments] == [(0.0, 30.0), (30.0, 64.0)]
+    rate = analyzer.encoder.sample_rate
+    assert [len(s.samples) for s in segments] == [30 * rate, 30 * rate]
+    at_rate = resample(decoded.samples, decoded.sample_rate, rate, method="sinc")
+    np.testing.assert_array_equal(segments[1].samples, at_rate[30 * rate:60 * rate])
+    assert not np.array_equal(at_rate, resample(decoded.samples, decoded.sample_rate, rate))
+
+    # With 25 s windows and a 5 s minimum tail, 64 s is 0-25, 25-50 and a 14 s tail of its own:
+    # the tail has its segment emotion, and the track reads the mean of the two whole windows.
+    heads = analyzer.heads
+    config = replace(heads.config, provenance={"features": {"segment_seconds": 25.0, "min_tail_seconds": 5.0}})
+    short = Analyzer(encoder=analyzer.encoder, checkpoint=LoadedHeads(heads.model, config, heads.provenance),
+                     chords=chord_backend, device="cpu")
+    analysis = short.analyze(loop_files[0])
+    assert [(s.start, s.end) for s in analysis.segments] == [(0.0, 25.0), (25.0, 50.0), (50.0, 64.0)]
+    _, embeddings = short.embed(short.load(loop_files[0]))
+    roots, qualities = encode_chord_tokens(analysis.normalized_chords)
+    mode = np.array([analysis.model_key.mode_index])
+    _, whole_va = short.predict(embeddings[:2].mean(axis=0, keepdims=True), roots[None], qualities[None], mode)
+    _, all_va = short.predict(embeddings.mean(axis=0, keepdims=True), roots[None], qualities[None], mode)
+    assert analysis.track.emotion.valence == pytest.approx(float(whole_va[0, 0]), abs=1e-5)
+    assert analysis.track.emotion.valence != pytest.approx(float(all_va[0, 0]), abs=1e-5)

@@ -162,3 +162,11 @@ def test_extraction_is_keyed_resumable_and_reports_failures(tmp_path, chord_back
     with pytest.raises(MissingFeaturesError, match="not readable"):
         cache.features_for(dataset, settings)
     assert len(cache.features_for(dataset, settings, allow_missing=True)) == 2
+
+
+def test_whole_segments_leave_out_a_shorter_tail_only():
+    from training.loader import whole_segments
+
+    assert whole_segments(np.array([[0.0, 30.0], [30.0, 64.0]])).tolist() == [True, True]
+    assert whole_segments(np.array([[0.0, 30.0], [30.0, 60.0], [60.0, 75.0]])).tolist() == [True, True, False]
+    assert whole_segments(np.array([[0.0, 12.0]])).tolist() == [True]

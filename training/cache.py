@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from m2e_core.audio import Audio, load_audio, prepare_waveform, resample, segment_audio
+from m2e_core.audio import Audio, load_audio, model_segments, prepare_waveform, resample
 from m2e_core.constants import MAX_CHORD_TOKENS
 from m2e_core.errors import ConfigError, M2EError
 from m2e_core.files import atomic_path, current_umask, file_sha256
@@ -48,8 +48,9 @@ from .datasets import LabeledDataset, TrackRecord
 
 log = logging.getLogger(__name__)
 
-#: Version of the entry layout; part of every key.
-CACHE_SCHEMA = 1
+#: Version of the entry layout and of how features are read (2: the MERT input resampled with
+#: the sinc resampler, each segment read over one window); part of every key.
+CACHE_SCHEMA = 2
 #: Name of the tiny random encoder a config may ask for (smoke runs and tests only).
 TINY_ENCODER = "tiny"
 
@@ -441,7 +442,7 @@ class FeatureExtractor:
             first = int(round(track.start * audio.sample_rate))
             last = min(len(audio.samples), int(round(track.end * audio.sample_rate)))
             audio = prepare_waveform(audio.samples[first:last], audio.sample_rate, source=audio.source)
-        at_encoder = Audio(resample(audio.samples, audio.sample_rate, self.encoder.sample_rate),
+        at_encoder = Audio(resample(audio.samples, audio.sample_rate, self.encoder.sample_rate, method="sinc"),
                            self.encoder.sample_rate, audio.source)
         at_chords = resample(audio.samples, audio.sample_rate, int(self.chord_backend.sample_rate))
         return at_encoder, at_chords
@@ -450,8 +451,8 @@ class FeatureExtractor:
         """Features of one decoded track."""
         from m2e_core.key import encode_chord_tokens, estimate_key, normalize_chords
 
-        segments = segment_audio(audio, segment_seconds=self.settings.segment_seconds,
-                                 min_tail_seconds=self.settings.min_tail_seconds)
+        segments = model_segments(audio, segment_seconds=self.settings.segment_seconds,
+                                  min_tail_seconds=self.settings.min_tail_seconds)
         embeddings = self.encoder.embed([segment.samples for segment in segments])
         chords = self.chord_backend.recognize(chord_samples, int(self.chord_backend.sample_rate))
         key = estimate_key(chords)

@@ -3,7 +3,8 @@
 Segment-span augmentation (training only): for a track of ``n`` segments, a start index is
 drawn uniformly from ``0..n-1`` and then an end uniformly from ``start+1..n``; the MERT input is
 the mean of segments ``start..end-1`` - a contiguous run in time order. Evaluation always reads
-the mean of all segments (the track-level input the Analyzer uses).
+the mean of the track's whole windows (:func:`whole_segments`: every segment but a shorter tail),
+the track-level input the Analyzer uses.
 
 Chord input of an augmented example (``span_chords``): ``"track"`` (default, as the published
 training) gives the whole track's chord tokens; ``"window"`` gives the tokens of the chords
@@ -72,6 +73,22 @@ def make_examples(
             target = np.array([track.valence, track.arousal], dtype=np.float32)
         examples.append(Example(track.track_id, features[track.track_id], target))
     return examples
+
+
+def whole_segments(bounds: np.ndarray) -> np.ndarray:
+    """Mask of the segments that hold a whole window: all but a tail shorter than the first.
+
+    Segments come from :func:`m2e_core.audio.model_segments`: every one but a last tail of
+    ``min_tail_seconds`` or more reads a whole window (a merged last segment is longer than the
+    first, and read over one window). A one-segment track is whole.
+
+    >>> whole_segments(np.array([[0.0, 30.0], [30.0, 60.0], [60.0, 85.0]])).tolist()
+    [True, True, False]
+    """
+    durations = np.asarray(bounds, dtype=np.float64)[:, 1] - np.asarray(bounds, dtype=np.float64)[:, 0]
+    if durations.size <= 1:
+        return np.ones(durations.size, dtype=bool)
+    return durations >= durations[0] - 1e-6
 
 
 def sample_span(num_segments: int, generator: torch.Generator | None = None) -> tuple[int, int]:
@@ -147,7 +164,7 @@ class FeatureDataset(Dataset):
             if self.span_chords == "window":
                 roots, qualities = window_tokens(features, start, stop)
         else:
-            mert = features.segment_embeddings.mean(axis=0)
+            mert = features.segment_embeddings[whole_segments(features.segment_bounds)].mean(axis=0)
         return {
             "mert": torch.from_numpy(np.ascontiguousarray(mert, dtype=np.float32)),
             "chord_roots": torch.from_numpy(np.asarray(roots, dtype=np.int64)),
