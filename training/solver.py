@@ -16,6 +16,14 @@ Early stopping
     validation tracks (all segments); summed over datasets, each divided by its value before
     training (``stop_on: normalized``) or as is (``stop_on: sum``). The best weights are kept
     and training stops after ``patience`` epochs without improvement.
+Reproducibility
+    Everything random follows from the config's seed: initialisation, batch order, the
+    augmented spans (drawn in the main process, so the number of loader workers does not
+    matter) and dropout; torch's deterministic algorithms are on while training
+    (``training.deterministic``). The same config and seed on the same machine give
+    bit-identical weights and metrics. Another machine can differ - CPU kernels (AVX2 or
+    AVX-512), thread count, GPU model, library versions - because float rounding differs and
+    grows over the epochs; every checkpoint records these (``metrics.environment``).
 Outputs
     ``<output_dir>/teacher-<dataset>.safetensors`` and ``student.safetensors`` (with their
     ``.json`` configs: tasks, tuned tag thresholds, metrics, the run config), one
