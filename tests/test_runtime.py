@@ -68,3 +68,31 @@ def test_command_line_sets_it_before_torch():
     result = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "THP 1 False" in result.stdout  # set, and torch not even imported for --help
+
+
+SPIN_PROBE = """
+import json, os, sys
+from m2e_core.runtime import use_huge_pages
+
+if sys.argv[1] == "torch-first":
+    import torch
+applied = use_huge_pages()
+print(json.dumps({"applied": applied, "spin": os.environ.get("GOMP_SPINCOUNT")}))
+"""
+
+
+def run_spin_probe(order: str = "m2e-first", **env: str) -> dict:
+    names = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "M2E_SHORT_OPENMP_SPIN")
+    environ = {k: v for k, v in os.environ.items() if k not in names}
+    environ.update(PYTHONPATH=str(ROOT), **env)
+    result = subprocess.run([sys.executable, "-c", SPIN_PROBE, order], env=environ, capture_output=True,
+                            text=True, timeout=120, check=True)
+    return json.loads(result.stdout)
+
+
+def test_openmp_spin_is_shortened_before_torch_loads():
+    assert run_spin_probe()["spin"] == "10000"
+    assert run_spin_probe("torch-first")["spin"] is None  # too late: OpenMP has read the environment
+    assert run_spin_probe(M2E_SHORT_OPENMP_SPIN="0")["spin"] is None
+    assert run_spin_probe(GOMP_SPINCOUNT="500")["spin"] == "500"  # the user's own setting stays
+    assert run_spin_probe(OMP_WAIT_POLICY="PASSIVE")["spin"] is None
