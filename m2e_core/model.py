@@ -520,11 +520,32 @@ def save_heads(model: MultitaskEmotionModel, config: HeadsConfig, path: str | os
     metadata = {"format": HEADS_FORMAT, "format_version": str(HEADS_FORMAT_VERSION), "architecture": ARCHITECTURE}
     with atomic_path(weights_path) as temporary:
         save_file(state, str(temporary), metadata=metadata)
+        _sort_safetensors_metadata(temporary)
         document["weights_file"] = weights_path.name
         document["weights_sha256"] = file_sha256(temporary)
     with atomic_path(config_path) as temporary:
         temporary.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return weights_path
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted, in place.
+
+    safetensors writes the metadata in hash-map order, which changes from process to process:
+    the same weights saved twice would differ in their bytes and sha256 (and a library run
+    would take them for other models). Sorting gives the same bytes every time; the header
+    keeps its length (the same keys and values, reordered), so nothing else moves.
+    """
+    with open(path, "r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(size)
+        header = json.loads(raw)
+        header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+        if len(text) > size:  # never: the same content cannot grow
+            raise ModelError(f"{path.name}: could not normalise the safetensors header")
+        handle.seek(8)
+        handle.write(text.ljust(size, b" "))
 
 
 def _state_dict_problems(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> str:

@@ -601,3 +601,17 @@ def test_unreadable_or_absent_checkpoint(tmp_path):
     torch.save([torch.zeros(2)], not_a_dict)
     with pytest.raises(CheckpointError, match="no state dict"):
         import_upstream_checkpoint(not_a_dict, tmp_path / "out")
+
+
+def test_the_same_heads_saved_twice_are_the_same_bytes(tmp_path):
+    # A library run recognises its models by sha256: re-saving the same weights must not change it.
+    import hashlib
+
+    digests = {
+        hashlib.sha256(make_tiny_heads(tmp_path / f"heads-{copy}.safetensors", embedding_dim=8, seed=3)
+                       .read_bytes()).hexdigest()
+        for copy in range(6)
+    }
+    assert len(digests) == 1
+    model, config = load_heads(tmp_path / "heads-0.safetensors")
+    assert config.embedding_dim == 8
