@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"  {models_name:5} {config:22} {count} tracks: {wall:8.1f} s wall, {cpu:8.1f} s CPU, "
               f"{row['tracks_per_hour']:7.1f} tracks/h (load {load:.1f})", flush=True)
+        write_results(rows, checks, args, argv, complete=False)  # what is measured so far survives an abort
 
     for models_name, count in (("tiny", args.tracks), ("full", min(args.full_tracks, args.tracks))):
         if count <= 0:
@@ -289,39 +290,47 @@ def main(argv: list[str] | None = None) -> int:
             "merged_equals_unsharded_bytes": sharded.read_bytes() == unsharded.read_bytes(),
         }
         print(f"  shards: {checks['shards']}", flush=True)
+        write_results(rows, checks, args, argv, complete=False)
         checks["kill_and_resume"] = kill_and_resume(library, flags, work, env, count, reference)
         print(f"  kill and resume: {checks['kill_and_resume']}", flush=True)
 
-    write_results(rows, checks, args, argv)
+    write_results(rows, checks, args, argv, complete=True)
     print((args.out / "library.md").read_text(encoding="utf-8"))
     return 0
 
 
 def write_results(rows: list[dict[str, object]], checks: dict[str, object], args: argparse.Namespace,
-                  argv: list[str] | None) -> None:
+                  argv: list[str] | None, *, complete: bool) -> None:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     columns = ["models", "config", "tracks", "track_s", "wall_s", "cpu_s", "tracks_per_hour", "speedup_vs_serial",
                "load_average"]
     for row in rows:
-        serial = next(r for r in rows if r["models"] == row["models"] and r["config"] == "serial-loop")
-        row["speedup_vs_serial"] = round(float(row["tracks_per_hour"]) / float(serial["tracks_per_hour"]), 2)
+        serial = next((r for r in rows if r["models"] == row["models"] and r["config"] == "serial-loop"), None)
+        row["speedup_vs_serial"] = (round(float(row["tracks_per_hour"]) / float(serial["tracks_per_hour"]), 2)
+                                    if serial else "")
     with (out / "library.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     machine = machine_description("cpu")
+
+    def vs_serial(row: dict[str, object]) -> str:
+        value = row["speedup_vs_serial"]
+        return f"{value:.2f}x" if value != "" else "-"
+
     md = [
         f"Library throughput, {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, {machine}, "
         f"{args.tracks} synthesised tracks of {args.seconds / 60:g} min.", "",
         "Wall time from process start to exit (model loading included, once per process); CPU = user + system "
         "seconds of the processes; load = 1-minute load average, mean of before and after.", "",
+        *([] if complete else ["**Partial: the run had not finished when this was written.**", ""]),
         "| models | configuration | tracks | wall s | CPU s | tracks/hour | vs serial loop | load |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         md.append(f"| {row['models']} | {row['config']} | {row['tracks']} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | "
-                  f"{row['tracks_per_hour']:.1f} | {row['speedup_vs_serial']:.2f}x | {row['load_average']:.1f} |")
+                  f"{row['tracks_per_hour']:.1f} | {vs_serial(row)} | {row['load_average']:.1f} |")
     md += ["", "Models: `tiny` = tiny random MERT-style encoder and heads (`m2e make-tiny-models`), BTC random at "
            "its real size feeding the model and displayed; `full` = random MERT-v1-95M architecture, full-size "
            "random heads, the same BTC. All on the CPU, exact (fp32) encoder."]
