@@ -137,6 +137,9 @@ def build(app: ExplorerApp, *, extra_tabs: Callable[[ExplorerApp], None] | None 
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3, min_width=280):
                         plane = gr.Plot(show_label=False, elem_id="m2e-va-plot")
+                        gr.HTML("<span class='m2e-hint'>The segments are joined in time order, dark (start) to "
+                                "yellow (end); the star is the whole track. Grey points are the tags' anchors "
+                                "(hover for their names).</span>")
                         label_all = gr.Checkbox(False, label="name every tag anchor")
                     with gr.Column(scale=2, min_width=260):
                         rule = gr.Radio(RULE_CHOICES, value="analysed", label="Tag decision rule")

@@ -15,32 +15,39 @@
     return `${Math.floor(total / 60)}:${String(total % 60).padStart(2, "0")}`;
   }
 
-  // A new player element replaced the old one: keep the position when it is the same track,
-  // and play the requested span (a segment) when the page asked for one.
+  // A new <audio> element replaced the old one: keep the position when it is the same track
+  // (results arriving while it plays re-render the player).
   function adopt(box, audio) {
     const sameTrack = audio.getAttribute("src") === state.src;
-    const request = box.dataset.request || "";
-    const start = box.dataset.start === undefined ? null : parseFloat(box.dataset.start);
-    const end = box.dataset.end === undefined ? null : parseFloat(box.dataset.end);
-    const resume = sameTrack ? { time: state.time, playing: state.playing } : null;
+    const resume = sameTrack && box.dataset.start === undefined ? { time: state.time, playing: state.playing } : null;
     state.audio = audio;
     state.src = audio.getAttribute("src");
     audio.addEventListener("timeupdate", tick);
     audio.addEventListener("seeked", tick);
     audio.addEventListener("play", () => { state.playing = true; });
     audio.addEventListener("pause", () => { state.playing = false; });
-    const go = () => {
-      if (start !== null && request !== state.request) {
-        state.stopAt = end;
-        audio.currentTime = start;
-        audio.play().catch(() => {});
-      } else if (resume) {
-        audio.currentTime = resume.time;
-        if (resume.playing) audio.play().catch(() => {});
-      }
-      state.request = request;
-    };
-    if (audio.readyState >= 1) go(); else audio.addEventListener("loadedmetadata", go, { once: true });
+    if (!resume) return;
+    whenReady(audio, () => {
+      audio.currentTime = resume.time;
+      if (resume.playing) audio.play().catch(() => {});
+    });
+  }
+
+  function whenReady(audio, action) {
+    if (audio.readyState >= 1) action(); else audio.addEventListener("loadedmetadata", action, { once: true });
+  }
+
+  // The page asked for a span (a segment was chosen): play it from its start to its end.
+  function follow(box, audio) {
+    state.request = box.dataset.request || "";
+    if (box.dataset.start === undefined) return;
+    const start = parseFloat(box.dataset.start);
+    const end = box.dataset.end === undefined ? null : parseFloat(box.dataset.end);
+    whenReady(audio, () => {
+      state.stopAt = end;
+      audio.currentTime = start;
+      audio.play().catch(() => {});
+    });
   }
 
   function seek(seconds) {
@@ -91,10 +98,25 @@
     return mark;
   }
 
+  // Bar labels plotly shrank to fit their bar: hidden when drawn under the figure's smallest
+  // legible size (hover still names the bar), shown again when a zoom makes room.
+  const SCALE = /scale\(([-\d.e]+)/;
+  function declutter(gd) {
+    const meta = gd._fullLayout && gd._fullLayout.meta;
+    const smallest = meta && meta.min_text_px;
+    if (!smallest) return;
+    gd.querySelectorAll("text.bartext").forEach((text) => {
+      const match = SCALE.exec(text.getAttribute("transform") || "");
+      const size = parseFloat(text.style.fontSize || "0") * (match ? parseFloat(match[1]) : 1);
+      text.style.visibility = size >= smallest - 0.01 ? "" : "hidden";
+    });
+  }
+
   function tick() {
     const box = player();
     const audio = box && box.querySelector("audio");
     if (audio && audio !== state.audio) adopt(box, audio);
+    if (audio && (box.dataset.request || "") !== state.request) follow(box, audio);
     if (!audio) state.audio = null;
     const now = state.audio ? state.audio.currentTime : null;
     if (state.audio) {
@@ -110,6 +132,7 @@
       const gd = plotOf(id);
       if (!gd) continue;
       hook(gd);
+      declutter(gd);
       const ax = axes(gd);
       const mark = line(gd);
       const shown = ax && now !== null && (now > 0 || state.playing);

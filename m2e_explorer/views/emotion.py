@@ -43,7 +43,7 @@ def emotion_over_time(
     *,
     segments: Sequence[SegmentSpan] = (),
     selected: int | None = None,
-    height: int = 260,
+    height: int = 280,
 ) -> go.Figure:
     """Valence and arousal against time for one track.
 
@@ -120,11 +120,12 @@ def emotion_over_time(
                        "y0": 0, "y1": 1, "fillcolor": HIGHLIGHT_FILL, "line": {"width": 0}, "layer": "below"})
     for trace in figure.data:
         trace.meta = {"role": "timeline"}
-    base_layout(figure, title="Emotion over time", height=height, margin={"l": 40, "r": 12, "t": 34, "b": 30})
+    base_layout(figure, title="Emotion over time", height=height, margin={"l": 40, "r": 12, "t": 34, "b": 56})
     figure.update_layout(
         shapes=shapes,
         showlegend=True,
-        legend={"orientation": "h", "x": 1.0, "xanchor": "right", "y": 1.0, "yanchor": "bottom",
+        # Below the axis: a legend beside the title collides with it on a phone.
+        legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": -0.14, "yanchor": "top",
                 "font": {"size": 11}, "bgcolor": "rgba(255,255,255,0)"},
         hovermode="closest",
         dragmode=False,

@@ -288,10 +288,7 @@ def va_plane(
             x=[s.valence for s in ordered], y=[s.arousal for s in ordered], mode="lines+markers",
             name="segments (time order)", line={"color": "rgba(31, 78, 121, 0.45)", "width": 2},
             marker={"size": 10, "color": [s.start for s in ordered], "colorscale": "Viridis", "cmin": 0,
-                    "cmax": duration, "showscale": len(ordered) > 1, "line": {"color": "white", "width": 1},
-                    "colorbar": {"orientation": "h", "thickness": 8, "len": 0.5, "x": 1.0, "xanchor": "right",
-                                 "y": 1.0, "yanchor": "bottom", "ticksuffix": " s", "tickfont": {"size": 9},
-                                 "ypad": 2, "xpad": 0, "outlinewidth": 0}},
+                    "cmax": duration, "showscale": False, "line": {"color": "white", "width": 1}},
             customdata=[[s.start, s.end, f"segment {s.index + 1} ({format_span(s.start, s.end)})",
                          _top_tags_text(s, hover_top_k), key_name(s.key) if s.key is not None else ""]
                         for s in ordered],
@@ -325,11 +322,11 @@ def va_plane(
                 borderpad=1, name="tag label",
             )
     title = "Valence and arousal"
+    note = ""
     if analysis is not None and not ordered and track_va is None:
-        if analysis.segments is None:
-            title += "<br><sup style='color:#a33'>no emotion prediction (emotion model not loaded)</sup>"
-        else:
-            title += "<br><sup>emotion is being computed</sup>"
+        note = "no emotion model" if analysis.segments is None else "being computed"
+    if note:
+        title += f" <span style='font-size:11px;color:#666'>· {note}</span>"
     _plane_layout(figure, x_range, y_range, title=title, height=height)
     figure.update_layout(meta={"view": "plane"})
     return figure

@@ -197,8 +197,8 @@ def tag_bars(
             )
         )
     heading = title or f"Tags: {segment_name(emotion)}"
-    base_layout(figure, title=f"{heading}<br><sup>selected: {decision.short()}</sup>", height=height,
-                margin={"l": 10, "r": 36, "t": 52, "b": 36})
+    subtitle = f"<span style='font-size:11px;color:#666'>· selected: {decision.short()}</span>"
+    base_layout(figure, title=f"{heading} {subtitle}", height=height, margin={"l": 10, "r": 36, "t": 40, "b": 36})
     figure.update_layout(
         xaxis={"title": {"text": "probability", "font": {"size": 11}}, "range": [0, 1.08], "gridcolor": "#eee",
                "fixedrange": True, "tickfont": {"size": 10}},

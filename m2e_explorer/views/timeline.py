@@ -8,9 +8,12 @@ One figure with up to four rows on a time axis (seconds from the start of the tr
 ``chords``   the displayed chords, repeated labels merged, roots spelled in the local key;
 ``model``    the chords the emotion model reads, transposed to C major / A minor.
 
-It opens on a window (:data:`DEFAULT_WINDOW_SECONDS`) with a range slider under it: a label
-is drawn on every bar wide enough for it at :data:`~m2e_explorer.views.common.MIN_TEXT_PX`
-or more, the rest are in the hover text. Cost is linear in the input: one bar trace per row
+It opens on a window (:data:`DEFAULT_WINDOW_SECONDS`) with a range slider under it. Labels
+are never rotated: plotly shrinks a label to fit its bar, and the page's script hides every
+label that would be drawn smaller than :data:`~m2e_explorer.views.common.MIN_TEXT_PX` (the
+figure's ``meta["min_text_px"]``), so a label is on every bar wide enough for one and the rest
+are in the hover text. (Plotly's ``uniformtext`` would size labels by the range slider's tiny
+bars too, and hide them all.) Cost is linear in the input: one bar trace per row
 and one line trace for every segment boundary, whatever the number of chords or segments.
 """
 
@@ -261,7 +264,6 @@ def chord_timeline(
         shapes=shapes,
         barmode="overlay",
         bargap=0.1,
-        uniformtext={"minsize": MIN_TEXT_PX, "mode": "hide"},
         dragmode="zoom",
         hovermode="closest",
         xaxis={"range": list(window), "autorange": False, "gridcolor": "#eee", "zeroline": False,
@@ -271,7 +273,8 @@ def chord_timeline(
         yaxis={"tickvals": list(range(len(rows))), "ticktext": [ROW_NAMES[r] for r in rows],
                "range": [len(rows) - 0.5, -0.5], "autorange": False, "fixedrange": True,
                "showgrid": False, "zeroline": False, "tickfont": {**FONT, "size": 11}},
-        meta={"view": "timeline", "duration": duration, "rows": rows, "key_source": source},
+        meta={"view": "timeline", "duration": duration, "rows": rows, "key_source": source,
+              "min_text_px": MIN_TEXT_PX},
     )
     return figure
 
