@@ -123,7 +123,7 @@ def build(app: ExplorerApp, *, extra_tabs: Callable[[ExplorerApp], None] | None 
                             shown = gr.Examples(examples=[[p] for p in examples], inputs=[audio_in],
                                                 label="Examples (synthesised, licence-free): click one to analyse it")
                         with gr.Accordion("Open a saved analysis (JSON from `m2e analyze --json`)", open=False):
-                            json_in = gr.File(label="analysis .json", file_types=[".json"])
+                            json_in = gr.File(label="analysis .json", file_types=[".json"], elem_id="m2e-json-in")
                             json_audio_in = gr.File(label="its audio (optional: to play and label it)",
                                                     file_types=["audio"])
                             load_btn = gr.Button("Open analysis")

@@ -179,6 +179,7 @@ def test_segment_view_plays_that_segment_in_track_time_and_labels_blind(explorer
     assert seen.label_valence == round(min(9.0, max(1.0, segment.valence)), 1)
     ring = [t for t in view.plane.data if t.name == "selected segment"]
     assert len(ring) == 1 and ring[0].x[0] == segment.valence
+    assert tuple(view.timeline.layout.xaxis.range) == (30.0, 40.0)  # the timeline opens on the segment
     highlighted = _trace(view.timeline, "segment").marker.color
     assert highlighted[1] != highlighted[0]  # segment 2 highlighted on the timeline
     rects = [s for s in view.emotion.layout.shapes if s.type == "rect"]
@@ -659,3 +660,26 @@ def test_load_analysis_shares_the_analysis_concurrency_group(served):
     assert groups["analyze"] == groups["load_analysis"] == groups["batch"] == "analysis"
     assert os.environ.get("M2E_CONCURRENCY", "2") == str(next(
         fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "load_analysis"))
+
+
+def test_on_a_space_the_signed_in_account_is_the_annotator(explorer, major_page, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setenv("SPACE_ID", "someone/m2e")
+    monkeypatch.setenv("SYSTEM", "spaces")  # as Hugging Face sets both on a Space
+    import gradio.oauth
+
+    for name, value in (("OAUTH_CLIENT_ID", "m2e-test"), ("OAUTH_CLIENT_SECRET", "not-a-secret"),
+                        ("OAUTH_SCOPES", "openid profile"), ("OPENID_PROVIDER_URL", "http://127.0.0.1:9")):
+        monkeypatch.setattr(gradio.oauth, name, value)  # what a Space with hf_oauth sets (read at import)
+    store = LabelStore(tmp_path / "labels", policy=LabelPolicy.from_env({"SPACE_ID": "someone/m2e"}))
+    demo = build_demo(lambda **_: explorer.shared.get(), label_store=store, temp_root=tmp_path / "tmp")
+    assert any(isinstance(block, gr.LoginButton) for block in demo.blocks.values())
+    handlers = {fn.api_name: fn.fn for fn in demo.fns.values() if fn.api_name}
+    save, export = handlers["save_label"], handlers["export_labels"]
+    alice = SimpleNamespace(username="alice")
+    message = save(major_page.state, 0, True, 6.0, 4.0, ["calm"], "mallory", profile=alice)
+    assert "by alice" in message and [r.annotator for r in store.records()] == ["alice"]
+    assert read_manifest(export("csv", "mine", "", profile=alice))[0].tags == ("calm",)
+    with pytest.raises(gr.Error, match="sign in with Hugging Face"):
+        save(major_page.state, 0, True, 6.0, 4.0, ["calm"], "mallory", profile=None)

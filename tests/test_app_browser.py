@@ -257,6 +257,19 @@ def test_blind_labelling_in_the_browser(app_url, browser, tmp_path):
     page.get_by_label("dark", exact=True).check()
     page.get_by_role("button", name="Save label").click()
     expect(page.get_by_text("Saved label for segment 2 of c_major_loop.wav by ann")).to_be_visible(timeout=60_000)
+
+    # A refused file: one line that says why, and the error mark on the stage line only, not on the plots.
+    crafted = tmp_path / "crafted.json"
+    crafted.write_text(json.dumps({"duration": 1_000_000, "segments": []}))
+    page.get_by_text("Open a saved analysis").click()
+    page.locator("#m2e-json-in input[type=file]").set_input_files(str(crafted))
+    page.get_by_role("button", name="Open analysis").click()
+    toast = page.locator(".toast-message-text").first
+    expect(toast).to_contain_text("crafted.json: the analysis is of a 16666:40 track", timeout=30_000)
+    assert "\n" not in toast.inner_text().strip() and "/" not in toast.inner_text()
+    marked = page.evaluate("[...document.querySelectorAll('.error')].filter(e => !e.closest('.toast-wrap, "
+                           "[class*=toast]')).map(e => e.closest('[id]') ? e.closest('[id]').id : '')")
+    assert set(marked) <= {"m2e-stage"}, marked
     page.close()
     from m2e_core.labels import LabelStore
 

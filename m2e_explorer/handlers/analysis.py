@@ -26,7 +26,7 @@ from ..views import plane as plane_view
 from ..views import tags as tags_view
 from ..views import text as text_view
 from ..views import timeline as timeline_view
-from ..views.common import empty_figure, format_span, format_time, segment_spans
+from ..views.common import SegmentSpan, empty_figure, format_span, format_time, segment_spans
 from ..views.player import player_html
 
 if TYPE_CHECKING:
@@ -136,7 +136,8 @@ def view(ctx: ExplorerApp, loaded: Loaded | None, selection: Any, options: ViewO
     else:
         tag_figure = empty_figure("This checkpoint predicts no tags")
     page = Page(
-        timeline=timeline_view.chord_timeline(analysis, segments=loaded.spans, selected=segment_index),
+        timeline=timeline_view.chord_timeline(analysis, segments=loaded.spans, selected=segment_index,
+                                              window=_window(span, analysis.duration)),
         emotion=emotion_view.emotion_over_time(analysis, segments=loaded.spans, selected=segment_index),
         plane=plane_view.va_plane(analysis, selected_segment=segment_index,
                                   highlight_tags=track_decision.selected if track_decision else (),
@@ -158,6 +159,14 @@ def view(ctx: ExplorerApp, loaded: Loaded | None, selection: Any, options: ViewO
             label_tags=[] if blind or chosen is None else list(chosen.selected),
         )
     return page
+
+
+def _window(span: SegmentSpan | None, duration: float) -> tuple[float, float] | None:
+    """The timeline's first window: the selected segment (at least the default window), else the default."""
+    if span is None:
+        return None
+    end = min(float(duration), max(span.end, span.start + timeline_view.DEFAULT_WINDOW_SECONDS))
+    return float(span.start), end
 
 
 def _clip(value: float) -> float:
