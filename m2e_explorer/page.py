@@ -22,6 +22,7 @@ from m2e_core.errors import LabelError
 from m2e_core.labels import Identity
 from m2e_core.vocab import tag_names
 
+from . import hosting
 from .errors import guarded
 from .explorer import ExplorerApp
 from .handlers.labels import may_export_all
@@ -206,11 +207,14 @@ def build(app: ExplorerApp, *, extra_tabs: Callable[[ExplorerApp], None] | None 
         page_outputs = [components[name] for name in Page.FIELDS]
         view_inputs = [rule, top_k, threshold, label_all, blind]
 
-        @guarded
-        def on_analyze(audio_path, rule_value, k, limit, all_labels, blind_value, progress=gr.Progress()):  # noqa: B008
+        def analyze_pages(audio_path, rule_value, k, limit, all_labels, blind_value,
+                          progress=gr.Progress()):  # noqa: B008
             options = _options(rule_value, k, limit, all_labels, blind_value)
             for page in app.iter_analyze(audio_path, options, progress=progress):
                 yield page_updates(page)
+
+        # On a ZeroGPU Space the analysis holds a GPU for a time that follows the track's length.
+        on_analyze = guarded(hosting.gpu(analyze_pages, duration=hosting.gpu_seconds))
 
         @guarded
         def on_load(json_path, audio_path, rule_value, k, limit, all_labels, blind_value):
