@@ -35,6 +35,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -139,6 +140,9 @@ def trained_chord_backend(config: object) -> str:
     return str(name)
 
 
+if TYPE_CHECKING:
+    from .tonality import Tonality
+
 @dataclass(frozen=True)
 class PreparedTrack:
     """A track after the first stages (decode, chords, key): what :meth:`Analyzer.complete` needs."""
@@ -150,6 +154,21 @@ class PreparedTrack:
     key_timeline: tuple[KeySpan, ...]
     model_key: KeyEstimate
     normalized_chords: tuple[ChordSpan, ...]
+
+
+@dataclass(frozen=True)
+class _KeyStage:
+    """A decoded track with its tonality, and its samples at the chord recognisers' rates."""
+
+    audio: Audio
+    resampled: dict[int, np.ndarray]
+    tonality: Tonality | None
+
+    def samples_at(self, rate: int) -> np.ndarray:
+        """The track at ``rate`` Hz, resampled once per rate."""
+        if rate not in self.resampled:
+            self.resampled[rate] = resample(self.audio.samples, self.audio.sample_rate, rate)
+        return self.resampled[rate]
 
 
 def _trained_segmentation(config: object) -> tuple[float, float]:
@@ -438,21 +457,23 @@ class Analyzer:
         corrects for it. Safe to run in worker threads while another thread runs
         :meth:`complete` on an earlier track.
         """
-        from .key import estimate_key, normalize_chords
+        return self._recognise_chords(self._estimate_key(audio, progress or _no_progress), progress or _no_progress)
+
+    def _estimate_key(self, audio: AudioInput, report: ProgressCallback) -> _KeyStage:
+        """Decode, then the tuning, the key and the key timeline (a few seconds for a song)."""
         from .tonality import estimate_tonality
 
-        report = progress or _no_progress
         report("decode", 0.0, "decoding the audio")
         decoded = self.load(audio)
-        at_rate: dict[int, np.ndarray] = {}
-
-        def samples_at(rate: int) -> np.ndarray:
-            if rate not in at_rate:
-                at_rate[rate] = resample(decoded.samples, decoded.sample_rate, rate)
-            return at_rate[rate]
-
+        stage = _KeyStage(decoded, {}, None)
         report("key", 0.05, "estimating the tuning and the key")
-        tonality = estimate_tonality(samples_at(_TONALITY_RATE), _TONALITY_RATE)
+        return replace(stage, tonality=estimate_tonality(stage.samples_at(_TONALITY_RATE), _TONALITY_RATE))
+
+    def _recognise_chords(self, stage: _KeyStage, report: ProgressCallback) -> PreparedTrack:
+        """The chords to display and the model's (one pass when they are the same recogniser)."""
+        from .key import estimate_key, normalize_chords
+
+        decoded, tonality, samples_at = stage.audio, stage.tonality, stage.samples_at
         backends = [self.chord_backend]
         if self.model_chord_backend is not None and self.model_chord_backend is not self.chord_backend:
             backends.append(self.model_chord_backend)
@@ -482,15 +503,27 @@ class Analyzer:
         *_, analysis = self.iter_complete(prepared, progress=progress)
         return analysis
 
-    def iter_analyze(self, audio: AudioInput, *, progress: ProgressCallback | None = None) -> Iterator[Analysis]:
+    def iter_analyze(self, audio: AudioInput, *, progress: ProgressCallback | None = None,
+                     key_first: bool = False) -> Iterator[Analysis]:
         """Analyse one track, yielding the analysis as it grows.
 
-        The first item has key and chords (``segments == ()`` and ``track is None`` while emotion
-        is still to come); then one item after each segment's emotion; the last item is the
-        complete analysis, equal to :meth:`analyze`'s. Without emotion there is one item.
+        With ``key_first``, the first item comes after a few seconds, before the chord stage (most
+        of a song's analysis time): the key and key timeline, no chords yet, ``segments`` and
+        ``track`` ``None`` and ``pending`` naming what is still coming. Then an item with key and
+        chords (``segments == ()`` and ``track is None`` while emotion is still to come, ``pending
+        == ("emotion",)``); then one item after each segment's emotion; the last item is the
+        complete analysis, equal to :meth:`analyze`'s. Without emotion the chords item is the last.
         """
         report = progress or _no_progress
-        yield from self.iter_complete(self.prepare(audio, progress=report), progress=report)
+        stage = self._estimate_key(audio, report)
+        if key_first:
+            yield Analysis(
+                source=stage.audio.source, duration=stage.audio.duration, key=stage.tonality.key, chords=(),
+                normalized_chords=(), segments=None, track=None, provenance=self.provenance(),
+                key_timeline=stage.tonality.timeline,
+                pending=("chords", "emotion") if self.encoder is not None and self.heads is not None else ("chords",),
+            )
+        yield from self.iter_complete(self._recognise_chords(stage, report), progress=report)
 
     def iter_complete(self, prepared: PreparedTrack, *, progress: ProgressCallback | None = None) -> Iterator[Analysis]:
         """:meth:`complete`, yielding the analysis as it grows (see :meth:`iter_analyze`)."""
@@ -513,7 +546,7 @@ class Analyzer:
             report("done", 1.0, "done")
             yield partial
             return
-        yield replace(partial, segments=())
+        yield replace(partial, segments=(), pending=("emotion",))
         from .tonality import local_key
 
         segments: list[SegmentEmotion] = []
@@ -527,7 +560,7 @@ class Analyzer:
             emotion = self._segment_emotion(segment.index, segment.start, segment.end, tag_probs, va)
             segments.append(replace(emotion, key=local_key(prepared.key_timeline, segment.start, segment.end)))
             embeddings.append(embedding)
-            yield replace(partial, segments=tuple(segments))
+            yield replace(partial, segments=tuple(segments), pending=("emotion",))
         report("heads", 0.95, "predicting the whole track's emotion")
         # The track is the mean of its whole windows, as the training features averaged them
         # (a shorter tail has its own segment emotion but stays out); a track shorter than one

@@ -190,6 +190,8 @@ class Analysis:
     A (minor). ``model_key`` is ``None`` in analyses saved before it existed, and then
     :attr:`chord_key` falls back to ``key``. ``warnings`` are said once per analysis: things the
     user should know about the result (e.g. the model read chords it was not trained on).
+    ``pending`` names what a partial analysis (from :meth:`m2e_core.pipeline.Analyzer.iter_analyze`)
+    is still computing, ``"chords"`` and/or ``"emotion"``; it is empty in a finished one.
     """
 
     source: str
@@ -205,6 +207,7 @@ class Analysis:
     key_timeline: tuple[KeySpan, ...] = ()
     model_chords: tuple[ChordSpan, ...] | None = None
     warnings: tuple[str, ...] = ()
+    pending: tuple[str, ...] = ()
 
     @property
     def chord_key(self) -> KeyEstimate:
@@ -225,6 +228,7 @@ class Analysis:
             "normalized_chords": [chord.to_dict() for chord in self.normalized_chords],
             "provenance": [item.to_dict() for item in self.provenance],
             "warnings": list(self.warnings),
+            **({"pending": list(self.pending)} if self.pending else {}),
         }
         if self.segments is not None:
             data["segments"] = [segment.to_dict() for segment in self.segments]
@@ -251,4 +255,5 @@ class Analysis:
             model_chords=None if data.get("model_chords") is None
             else tuple(ChordSpan.from_dict(item) for item in data["model_chords"]),
             warnings=tuple(str(item) for item in data.get("warnings", [])),
+            pending=tuple(str(item) for item in data.get("pending", [])),
         )

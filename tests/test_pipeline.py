@@ -341,6 +341,23 @@ def test_iter_analyze_yields_key_and_chords_first_then_segments(analyzer, loop_f
     assert all(item.track is None for item in items[:-1])
     assert items[-1].to_dict() == analyzer.analyze(loop_files[0]).to_dict()
     assert "embedding segment 1 of 2" in steps and "embedding segment 2 of 2" in steps
+    assert [item.pending for item in items] == [("emotion",)] * 3 + [()]
+
+
+def test_iter_analyze_key_first_shows_the_key_before_the_chord_stage(analyzer, loop_files):
+    stages = []
+    items = analyzer.iter_analyze(loop_files[0], key_first=True,
+                                  progress=lambda stage, fraction, detail: stages.append(stage))
+    first = next(items)
+    assert "chords" not in stages  # the chord stage has not started when the key is shown
+    assert (first.key.tonic, first.key.mode) == ("C", "major") and first.key_timeline
+    assert first.chords == () and first.segments is None and first.track is None
+    assert first.pending == ("chords", "emotion") and first.to_dict()["pending"] == ["chords", "emotion"]
+    rest = list(items)
+    assert rest[0].chords and rest[0].pending == ("emotion",)
+    assert rest[-1].pending == () and "pending" not in rest[-1].to_dict()
+    assert rest[-1].to_dict() == analyzer.analyze(loop_files[0]).to_dict()
+    assert Analysis.from_dict(first.to_dict()).pending == ("chords", "emotion")
 
 
 def test_the_model_reads_whole_windows_resampled_as_trained(analyzer, chord_backend, loop_files):
