@@ -43,7 +43,7 @@ VISIBLE_LABELS_JS = """
   const box = gd.getBoundingClientRect();
   const left = box.left + xa._offset, right = left + xa._length;
   const out = [];
-  gd.querySelectorAll('.barlayer .trace').forEach((trace, number) => {
+  gd.querySelectorAll('.cartesianlayer .barlayer .trace').forEach((trace, number) => {
     const name = gd._fullData[number] ? gd._fullData[number].name : '';
     trace.querySelectorAll('text').forEach((text) => {
       const r = text.getBoundingClientRect();
