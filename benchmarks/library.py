@@ -23,7 +23,7 @@ Models, all random (nothing is downloaded, timing does not depend on weight valu
 Configurations, each timed from process start to exit (model loading included, once per process):
 
 - ``cli-per-file``: one ``m2e analyze FILE --json OUT`` process per track, one after another, as
-  a user scripts it in a shell loop;
+  a user scripts it in a shell loop (run last; ``--cli-tracks`` runs it on the first tracks only);
 - ``serial-loop``: one Python process, ``Analyzer`` built once, ``analyze`` on each track in turn,
   each result written as JSON;
 - ``library``: ``m2e analyze DIR --out results.jsonl`` (worker threads prepare the next tracks
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-tracks", type=int, default=8,
                         help="tracks for the full-size encoder runs (0 skips them)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--cli-tracks", type=int, default=0,
+                        help="tracks for the one-process-per-file run (default all; its rate is per track)")
     parser.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / ".work" / "library")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -254,11 +256,6 @@ def main(argv: list[str] | None = None) -> int:
                     link.symlink_to(path)
         runs = work / f"runs-{models_name}"
         print(f"{models_name} models, {count} tracks of {args.seconds:g} s", flush=True)
-        if models_name == "tiny":
-            out = runs / "cli-per-file"
-            out.mkdir(parents=True, exist_ok=True)
-            record(models_name, "cli-per-file", count, *timed(
-                [cli("analyze", str(path), "--json", str(out / f"{path.stem}.json"), *flags) for path in subset], env))
         loop_args = json.dumps({"encoder": flag(flags, "--encoder"), "checkpoint": flag(flags, "--checkpoint"),
                                 "btc": flag(flags, "--btc-checkpoint"), "out": str(runs / "serial-loop"),
                                 "tracks": [str(p) for p in subset]})
@@ -293,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         write_results(rows, checks, args, argv, complete=False)
         checks["kill_and_resume"] = kill_and_resume(library, flags, work, env, count, reference)
         print(f"  kill and resume: {checks['kill_and_resume']}", flush=True)
+        # Last, as the slowest: a process start per track. Its rate is tracks/hour of the tracks it ran.
+        per_file = subset[: args.cli_tracks or count]
+        out = runs / "cli-per-file"
+        out.mkdir(parents=True, exist_ok=True)
+        record(models_name, "cli-per-file", len(per_file), *timed(
+            [cli("analyze", str(path), "--json", str(out / f"{path.stem}.json"), *flags) for path in per_file], env))
 
     write_results(rows, checks, args, argv, complete=True)
     print((args.out / "library.md").read_text(encoding="utf-8"))
