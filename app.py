@@ -44,7 +44,6 @@ __all__ = ["DOWNLOAD_COMMAND", "TRACK", "ExplorerApp", "Settings", "ViewOptions"
 def _extra_tabs(explorer: ExplorerApp) -> None:
     """Tabs after Analyze and Batch."""
     library_tab.build(explorer)
-    library_tab.build(explorer.files)
 
 
 def build_demo(
@@ -80,9 +79,8 @@ def main() -> None:
     """Build and launch the app with settings from the environment."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     use_huge_pages()  # before the first analysis imports torch
-    launch = server_settings() | hosting.launch_kwargs()  # refuses a bad setting before anything loads
+    launch = server_settings()  # refuses a bad setting before anything loads
     remove_on_signals()  # the temporary files go with the process, on SIGTERM and Ctrl-C too
-    hosting.fetch_weights_in_background()  # on a Space: the heads and BTC, which preload_from_hub cannot fetch
     demo = build_demo()
     hosting.fetch_weights_in_background()
     demo.launch(**launch, **hosting.launch_kwargs(), **style())

@@ -50,7 +50,8 @@ class Loaded:
     @property
     def complete(self) -> bool:
         """Whether the analysis is final (emotion done, or none coming)."""
-        return self.analysis.track is not None or self.analysis.segments is None
+        analysis = self.analysis
+        return not analysis.pending and (analysis.track is not None or analysis.segments is None)
 
     def span(self, index: int) -> SegmentSpan | None:
         """The segment with this index, ``None`` for the whole track."""

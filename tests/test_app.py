@@ -136,7 +136,11 @@ def test_analyze_shows_key_chords_emotion_and_segments(explorer, major_page, aud
 
 
 def test_results_stream_key_and_chords_first_then_each_segment(major_pages):
-    first, *middle, last = major_pages
+    key_only, first, *middle, last = major_pages
+    assert key_only.state.analysis.chords == () and key_only.state.analysis.pending == ("chords", "emotion")
+    assert "Key after" in key_only.stage and "C major" in key_only.summary and "being recognised" in key_only.summary
+    assert _trace(key_only.timeline, "key").text and not key_only.state.complete and key_only.json_file is None
+    assert "c_major.wav" in key_only.player  # playable from the first seconds
     assert first.state.analysis.segments == () and first.state.analysis.track is None
     assert "Key and chords after" in first.stage and "C major" in first.summary
     assert _trace(first.timeline, "chords").text  # the timeline is drawn before any emotion
@@ -468,8 +472,9 @@ def test_without_weights_key_chords_and_labelling_still_work(no_weights_env, cho
     store = LabelStore(no_weights_env / "labels")
     explorer = ExplorerApp(factory, label_store=store, temp_root=no_weights_env / "t")
     pages = list(explorer.iter_analyze(str(audio_files[1])))
-    assert len(pages) == 1  # nothing more is coming
-    page = pages[0]
+    assert len(pages) == 2  # the key, then key and chords: nothing more is coming
+    assert "No valence/arousal" in pages[0].emotion.layout.annotations[0].text
+    page = pages[1]
     analysis = page.state.analysis
     assert analysis.track is None and analysis.segments is None
     assert (analysis.key.tonic, analysis.key.mode) == ("A", "minor")
@@ -626,8 +631,9 @@ def test_gradio_client_sees_progress_and_streamed_results(served, audio_files):
                 seen.append(unit.desc)
         time.sleep(0.02)
     outputs = job.outputs()
-    assert job.done() and len(outputs) >= 3  # key and chords, segment 1, the complete analysis
-    first, last = _fields(outputs[0]), _fields(outputs[-1])
+    assert job.done() and len(outputs) >= 4  # the key, key and chords, segment 1, the complete analysis
+    assert "Key after" in _fields(outputs[0])["stage"]  # the key, seconds after the upload
+    first, last = _fields(outputs[1]), _fields(outputs[-1])
     assert "Key and chords after" in first["stage"] and "C major" in first["summary"]
     assert first["json_file"] == first["raw"] == {"__type__": "update"}  # left as it was: no JSON yet
     assert last["raw"]["track"] is not None and "Analysed in" in last["stage"]

@@ -215,10 +215,13 @@ def analyze(ctx: ExplorerApp, audio_path: str | None, options: ViewOptions, prog
     first_after: float | None = None
     segment_seconds = float(getattr(analyzer, "segment_seconds", 30.0))
     min_tail = float(getattr(analyzer, "min_tail_seconds", 5.0))
-    for partial in analyzer.iter_analyze(str(audio_path), progress=report.pipeline):
+    for partial in analyzer.iter_analyze(str(audio_path), progress=report.pipeline, key_first=True):
         spans = segment_spans(partial, segment_seconds=segment_seconds, min_tail_seconds=min_tail)
         loaded = Loaded(partial, str(audio_path), spans)
         elapsed = clock() - started
+        if "chords" in partial.pending:
+            yield key_page(loaded, options, stage=f"Key after {elapsed:.1f} s; recognising the chords …")
+            continue
         if loaded.complete:
             first = "" if first_after is None else f" (key and chords after {first_after:.1f} s)"
             yield full_page(ctx, loaded, options, stage=f"Analysed in {elapsed:.1f} s{first}.")
@@ -236,6 +239,25 @@ def analyze(ctx: ExplorerApp, audio_path: str | None, options: ViewOptions, prog
             emotion=emotion_view.emotion_over_time(partial, segments=spans),
             plane=plane_view.va_plane(partial, label_all=options.label_all),
         )
+
+
+def key_page(loaded: Loaded, options: ViewOptions, *, stage: str) -> Page:
+    """The page while only the key is known: the key row, the player, what is still coming."""
+    analysis = loaded.analysis
+    coming = "Valence and arousal come after the chords, segment by segment" if "emotion" in analysis.pending \
+        else "No valence/arousal: the emotion model is not loaded"
+    return Page(
+        state=loaded,
+        stage=text_view.stage_md(stage),
+        summary=text_view.summary_md(analysis),
+        player=player_html(loaded.audio_path, duration=analysis.duration, request=time.monotonic_ns()),
+        timeline=timeline_view.chord_timeline(analysis, segments=loaded.spans),
+        emotion=empty_figure(coming),
+        plane=plane_view.va_plane(None, label_all=options.label_all),
+        tags=empty_figure("Tags come with the emotion"),
+        selector=(_choices(loaded), TRACK),
+        segment="",
+    )
 
 
 def load_analysis(ctx: ExplorerApp, json_path: str | None, audio_path: str | None,

@@ -65,7 +65,9 @@ def summary_md(analysis: Analysis) -> str:
     if (chord_key.tonic, chord_key.mode) != (analysis.key.tonic, analysis.key.mode):
         lines.append(f"<sub>The emotion model reads the mode of {key_name(chord_key)} (from the chords, as it "
                      "was trained).</sub>")
-    if analysis.segments is None:
+    if analysis.segments is None and "emotion" in analysis.pending:
+        lines.append("**Emotion:** coming after the chords, segment by segment …")
+    elif analysis.segments is None:
         lines.append("**Emotion:** not predicted for this analysis (no emotion model)")
     elif analysis.track is None:
         lines.append(f"**Emotion:** {len(analysis.segments)} segment(s) analysed so far …")
@@ -75,7 +77,10 @@ def summary_md(analysis: Analysis) -> str:
             lines.append(f"**Track:** valence {emotion.valence:.2f}, arousal {emotion.arousal:.2f} (1-9)")
         rule = "per-tag thresholds" if analysis.track.decision_rule == "thresholds" else "top-k"
         lines.append(f"**Tags** ({rule}): {', '.join(analysis.track.selected_tags) or 'none'}")
-    lines.append(f"**Chords:** {chord_overview(analysis.chords, analysis)}")
+    if "chords" in analysis.pending:
+        lines.append("**Chords:** being recognised …")
+    else:
+        lines.append(f"**Chords:** {chord_overview(analysis.chords, analysis)}")
     for warning in dict.fromkeys(analysis.warnings):  # each said once
         lines.append(f"<div class='m2e-warning'>{html.escape(warning)}</div>")
     if analysis.provenance:
