@@ -10,12 +10,13 @@ that keeps labels, their owners and the labelled audio in a database is
 Manifest
 --------
 The one format ``training/`` reads. CSV with the header ``path,valence,arousal,tags`` plus
-the optional columns ``start,end,segment``; or JSON Lines with the same keys. In CSV, tags
+the optional columns ``start,end,segment,annotator``; or JSON Lines with the same keys. In CSV, tags
 are joined with ``;`` and a missing value is an empty cell; in JSON Lines, tags are a list
 and a missing value is ``null`` or an absent key. Valence and arousal are on the 1-9 scale
 and come as a pair or not at all; tags are bare MTG-Jamendo mood/theme names
 (``mood/theme---`` prefixes are accepted and removed). ``start``/``end`` (seconds) name an
-excerpt of the file; ``segment`` is the analysis segment index they came from. A relative
+excerpt of the file; ``segment`` is the analysis segment index they came from; ``annotator``
+is who gave the label (every export of the label store has it; training ignores it). A relative
 ``path`` is relative to the manifest's directory (:meth:`ManifestRow.resolve`).
 :func:`write_manifest` then :func:`read_manifest` gives back exactly the rows written.
 
@@ -50,7 +51,7 @@ LABELS_DIR_ENV = "M2E_LABELS_DIR"
 #: Columns every manifest has, in order.
 MANIFEST_COLUMNS = ("path", "valence", "arousal", "tags")
 #: Columns a manifest may add, in order.
-MANIFEST_OPTIONAL_COLUMNS = ("start", "end", "segment")
+MANIFEST_OPTIONAL_COLUMNS = ("start", "end", "segment", "annotator")
 #: Separator of tags in a CSV manifest cell.
 TAG_SEPARATOR = ";"
 
@@ -346,6 +347,7 @@ class ManifestRow:
     start: float | None = None
     end: float | None = None
     segment: int | None = None
+    annotator: str | None = None
 
     def resolve(self, base_dir: str | os.PathLike[str]) -> Path:
         """The audio file: ``path`` itself when absolute, else relative to ``base_dir``."""
@@ -371,7 +373,12 @@ def validate_row(row: ManifestRow, where: str = "manifest row") -> ManifestRow:
         raise LabelError(f"{where}: the row has neither valence/arousal nor tags")
     start, end = _check_span(row.start, row.end, where)
     segment = _check_segment(row.segment, where)
-    return ManifestRow(row.path, valence, arousal, tags, start, end, segment)
+    annotator = row.annotator
+    if annotator is not None and (not isinstance(annotator, str) or not annotator.strip()
+                                  or len(annotator) > _MAX_ANNOTATOR_CHARS or any(c in annotator for c in "\r\n\t")):
+        raise LabelError(f"{where}: annotator must be a name of 1-{_MAX_ANNOTATOR_CHARS} characters on one line "
+                         f"or empty, got {annotator!r}")
+    return ManifestRow(row.path, valence, arousal, tags, start, end, segment, annotator)
 
 
 def _manifest_format(path: Path) -> str:
@@ -387,8 +394,10 @@ def _used_optional_columns(rows: Sequence[ManifestRow]) -> list[str]:
     return [name for name in MANIFEST_OPTIONAL_COLUMNS if any(getattr(row, name) is not None for row in rows)]
 
 
-def _cell(value: float | int | None) -> str:
-    return "" if value is None else repr(value)
+def _cell(value: float | int | str | None) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else repr(value)
 
 
 def csv_cell(text: str) -> str:
@@ -424,7 +433,7 @@ class ManifestWriter:
     kind : str
         ``"csv"`` or ``"jsonl"``.
     optional : sequence of str
-        The optional columns (of ``start``, ``end``, ``segment``) the manifest has: a row with
+        The optional columns (of ``start``, ``end``, ``segment``, ``annotator``) the manifest has: a row with
         a value for a column not listed is refused.
     """
 
@@ -554,6 +563,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
                 start=_parse_number(cells["start"], "start", where),
                 end=_parse_number(cells["end"], "end", where),
                 segment=_parse_segment(cells["segment"], where),
+                annotator=cells["annotator"] or None,
             )
             rows.append(validate_row(row, where))
         return rows
@@ -581,6 +591,7 @@ def read_manifest(path: str | os.PathLike[str]) -> list[ManifestRow]:
             start=item.get("start"),
             end=item.get("end"),
             segment=_parse_segment(item.get("segment"), where),
+            annotator=item.get("annotator"),
         )
         rows.append(validate_row(row, where))
     return rows

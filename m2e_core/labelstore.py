@@ -668,7 +668,8 @@ class LabelStore:
                 writer = ManifestWriter(handle, kind, optional)
                 for number, record in enumerate(_iter_records(tx, where, params, latest_only), start=1):
                     writer.write(ManifestRow(_plain_name(record), record.valence, record.arousal, record.tags,
-                                             record.start, record.end, record.segment), f"label {number}")
+                                             record.start, record.end, record.segment, record.annotator),
+                                 f"label {number}")
                 handle.flush()
                 os.fsync(handle.fileno())
         return target
@@ -711,7 +712,7 @@ class LabelStore:
                     for number, record in enumerate(_iter_records(tx, where, params, latest_only), start=1):
                         path = record.audio_path or _plain_name(record)
                         writer.write(ManifestRow(path, record.valence, record.arousal, record.tags, record.start,
-                                                 record.end, record.segment), f"label {number}")
+                                                 record.end, record.segment, record.annotator), f"label {number}")
                 for sha256, suffix, size in _iter_audio(tx, where, params, latest_only):
                     info = zipfile.ZipInfo(f"audio/{sha256}{suffix}", date_time=stamp)
                     info.compress_type = zipfile.ZIP_STORED  # audio is compressed already
@@ -778,7 +779,7 @@ def _optional_columns(tx: Transaction, where: str, params: list[Any], latest_onl
     if count == 0:
         who = f" by {identity.name!r}" if scope == "mine" else ""
         raise LabelError(f"no labels{who} to export yet: save a label first")
-    return [*(["start", "end"] if spans else []), *(["segment"] if segments else [])]
+    return [*(["start", "end"] if spans else []), *(["segment"] if segments else []), "annotator"]
 
 
 def _iter_audio(tx: Transaction, where: str, params: list[Any], latest_only: bool) -> Iterator[tuple[str, str, int]]:

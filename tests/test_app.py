@@ -301,16 +301,16 @@ def test_label_save_export_reimport_round_trip(explorer, major_page, audio_files
     assert len(store.records()) == 4
     assert [r.annotator for r in store.records()] == ["ann", "ann", "ann", "bob"]
     audio_path = "c_major.wav"  # manifests name the recording, never a server path
-    expected_ann = [
-        ManifestRow(audio_path, 6.5, 3.2, ("calm", "relaxing")),
-        ManifestRow(audio_path, 2.5, 8.5, ("dark", "epic"), 30.0, 40.0, 1),
+    expected_ann = [  # every export names who gave each label
+        ManifestRow(audio_path, 6.5, 3.2, ("calm", "relaxing"), annotator="ann"),
+        ManifestRow(audio_path, 2.5, 8.5, ("dark", "epic"), 30.0, 40.0, 1, annotator="ann"),
     ]
     for fmt in ("csv", "jsonl"):
         mine = labeller.export_labels(fmt, "mine", ANN)
         assert Path(mine).parent.parent == labeller.temp_root
         assert read_manifest(mine) == expected_ann
     everyone = read_manifest(labeller.export_labels("csv", "all", ANN))
-    assert everyone == [*expected_ann, ManifestRow(audio_path, None, None, ("happy",), 0.0, 30.0, 0)]
+    assert everyone == [*expected_ann, ManifestRow(audio_path, None, None, ("happy",), 0.0, 30.0, 0, annotator="bob")]
     with pytest.raises(LabelError, match="only the label admins"):
         labeller.export_labels("csv", "all", bob)  # bob is no admin: his own labels only
     assert read_manifest(labeller.export_labels("csv", "mine", bob)) == [everyone[-1]]

@@ -207,3 +207,13 @@ def test_identities_are_validated_and_keyed_by_provider():
             Identity.local(bad)
     with pytest.raises(LabelError, match="unknown identity provider"):
         Identity("ann", "github")
+
+
+def test_manifest_annotator_column_round_trips_and_is_checked(tmp_path):
+    rows = [ManifestRow("a.wav", 5.0, 5.0, ("calm",), annotator="=ann"), ManifestRow("b.wav", None, None, ("sad",))]
+    for suffix in ("csv", "jsonl"):
+        path = write_manifest(rows, tmp_path / f"m.{suffix}")
+        assert read_manifest(path) == rows
+    assert "'=ann" in (tmp_path / "m.csv").read_text()  # a spreadsheet shows it as text
+    with pytest.raises(LabelError, match="annotator"):
+        write_manifest([ManifestRow("a.wav", 5.0, 5.0, (), annotator="two\nlines")], tmp_path / "bad.csv")

@@ -130,8 +130,9 @@ def test_save_correct_read_and_export_round_trip(tmp_path, database):
 
     for fmt in ("csv", "jsonl"):
         rows = read_manifest(store.export(tmp_path / f"out/labels.{fmt}", requester=ANN))
-        assert rows == [ManifestRow("take one, final.wav", 6.25, 0.1 + 0.2 + 4, ("energetic", "fun"), 30.0, 60.0, 1),
-                        ManifestRow("take one, final.wav", 3.5, 4.0, ("sad", "dark"))]
+        assert rows == [ManifestRow("take one, final.wav", 6.25, 0.1 + 0.2 + 4, ("energetic", "fun"), 30.0, 60.0, 1,
+                                    annotator="ann"),
+                        ManifestRow("take one, final.wav", 3.5, 4.0, ("sad", "dark"), annotator="ann")]
     assert len(read_manifest(store.export(tmp_path / "all.csv", requester=ANN, latest_only=False))) == 3
 
     bundle = store.export(tmp_path / "labels.zip", requester=ANN)
@@ -201,7 +202,10 @@ def test_two_clients_never_see_each_others_labels_or_audio(tmp_path, database):
     assert [r.source for r in store.labels(BOB)] == ["bob.wav"]
     with zipfile.ZipFile(store.export(tmp_path / "bob.zip", requester=BOB)) as archive:
         assert sorted(archive.namelist()) == sorted(["manifest.csv", f"audio/{file_sha256(bob_song)}.wav"])
-        assert b"ann" not in archive.read("manifest.csv")
+        manifest = archive.read("manifest.csv").decode()
+        assert manifest.splitlines()[0].split(",")[-1] == "annotator"
+        assert [line.split(",")[-1] for line in manifest.splitlines()[1:]] == ["bob"]
+        assert "ann.wav" not in manifest
     with pytest.raises(LabelError, match="only the label admins"):
         store.export(tmp_path / "x.zip", requester=BOB, scope="all")
     with pytest.raises(LabelError, match="only the label admins"):
