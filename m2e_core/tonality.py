@@ -25,6 +25,8 @@ Conventions
   :data:`KEY_TEMPERATURE` (fitted by maximum likelihood on rendered chorales, see
   ``benchmarks/chords_keys.py``): the share of estimates with confidence ``p`` that are right
   is about ``p`` on that material.
+- A track whose global key appears nowhere in its timeline (it modulates through keys that sum
+  to another one) shows the key it spends longest in instead.
 - Timeline: the same evidence over windows of :data:`WINDOW_SECONDS`, one every
   :data:`STEP_SECONDS`; the window scores at :data:`LOCAL_TEMPERATURE` are the emissions of a
   24-state hidden Markov model that changes key with probability :data:`SWITCH_PROBABILITY`
@@ -356,7 +358,31 @@ def _global_key(chroma: TonalChroma) -> KeyEstimate:
 def tonality_from_chroma(chroma: TonalChroma) -> Tonality:
     """Global key and key timeline of a precomputed :class:`TonalChroma`."""
     global_key = _global_key(chroma)
-    return Tonality(global_key, _timeline(chroma, global_key), chroma.tuning)
+    timeline = _timeline(chroma, global_key)
+    return Tonality(_key_heard(global_key, timeline, chroma), timeline, chroma.tuning)
+
+
+def _key_heard(global_key: KeyEstimate, timeline: Sequence[KeySpan], chroma: TonalChroma) -> KeyEstimate:
+    """The global key, or the timeline's longest key when no stretch of the track is in the global one.
+
+    A track that modulates through several keys can sum to pitch-class evidence that fits a
+    key none of its parts is in: C, D, F and A major in turn read as A minor, with a confidence of
+    0.99); the key shown then is the one the track spends longest in. Its confidence is the
+    chance that a moment of the track is in that key by the timeline: the duration-weighted
+    confidence of its spans times their share of the track (0.25 or less for four keys).
+    """
+    keys = [(span.key.tonic, span.key.mode) for span in timeline]
+    if not keys or (global_key.tonic, global_key.mode) in keys:
+        return global_key
+    seconds: dict[tuple[str, str], float] = {}
+    weighted: dict[tuple[str, str], float] = {}
+    for span, key in zip(timeline, keys):
+        seconds[key] = seconds.get(key, 0.0) + span.end - span.start
+        weighted[key] = weighted.get(key, 0.0) + (span.end - span.start) * span.key.confidence
+    tonic, mode = max(seconds, key=lambda key: (seconds[key], -keys.index(key)))
+    total = sum(seconds.values())
+    index = PITCH_CLASSES.index(tonic) + 12 * _MODES.index(mode)
+    return _key(index, weighted[(tonic, mode)] / total if total > 0 else 0.0)
 
 
 def estimate_tonality(samples: np.ndarray, sample_rate: int, *, tuning: Tuning | None = None) -> Tonality:
