@@ -41,7 +41,8 @@ import plotly.graph_objects as go
 from m2e_core.constants import VA_MAX, VA_MIN
 from m2e_core.errors import ConfigError
 from m2e_core.library import STATUS_OK, TrackResult
-from m2e_core.plots import QUADRANTS
+
+from .views.plane import QUADRANTS
 
 __all__ = [
     "COLUMNS",
