@@ -162,7 +162,7 @@ class _KeyStage:
 
     audio: Audio
     resampled: dict[int, np.ndarray]
-    tonality: Tonality | None
+    tonality: Tonality
 
     def samples_at(self, rate: int) -> np.ndarray:
         """The track at ``rate`` Hz, resampled once per rate."""
@@ -457,7 +457,8 @@ class Analyzer:
         corrects for it. Safe to run in worker threads while another thread runs
         :meth:`complete` on an earlier track.
         """
-        return self._recognise_chords(self._estimate_key(audio, progress or _no_progress), progress or _no_progress)
+        report = progress or _no_progress
+        return self._recognise_chords(self._estimate_key(audio, report), report)
 
     def _estimate_key(self, audio: AudioInput, report: ProgressCallback) -> _KeyStage:
         """Decode, then the tuning, the key and the key timeline (a few seconds for a song)."""
@@ -465,9 +466,9 @@ class Analyzer:
 
         report("decode", 0.0, "decoding the audio")
         decoded = self.load(audio)
-        stage = _KeyStage(decoded, {}, None)
         report("key", 0.05, "estimating the tuning and the key")
-        return replace(stage, tonality=estimate_tonality(stage.samples_at(_TONALITY_RATE), _TONALITY_RATE))
+        at_rate = {_TONALITY_RATE: resample(decoded.samples, decoded.sample_rate, _TONALITY_RATE)}
+        return _KeyStage(decoded, at_rate, estimate_tonality(at_rate[_TONALITY_RATE], _TONALITY_RATE))
 
     def _recognise_chords(self, stage: _KeyStage, report: ProgressCallback) -> PreparedTrack:
         """The chords to display and the model's (one pass when they are the same recogniser)."""
