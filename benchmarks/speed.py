@@ -35,6 +35,8 @@ Configurations, each in its own subprocess so that peak memory (``VmHWM``) does 
 - ``exact`` / ``exact-btc``: :class:`m2e_core.pipeline.Analyzer` (encoder truncated to 7 layers,
   fp32, models loaded once), in a process set up as the command line sets it up: huge pages for
   large tensors, a short OpenMP spin, freed memory reused (:func:`m2e_core.allocator.keep_freed_memory`).
+- ``exact-serial`` / ``exact-btc-serial``: ``exact`` / ``exact-btc`` with the chord stage after the
+  encoder instead of beside it (``Analyzer(overlap=False)``), to show the overlap's share.
 - ``exact-unkept``: ``exact`` without :func:`~m2e_core.allocator.keep_freed_memory` (not run by
   default), to show its share.
 - ``fast`` / ``fast-btc``: as ``exact`` with ``fast=True`` (the encoder in bfloat16).
@@ -124,7 +126,7 @@ WARMUP_SECONDS = 5.0
 PROBE_SECONDS = 5.0
 STAGES = ("decode", "chords", "key", "encoder", "heads")
 #: Configurations of the analysis itself (the others are the reference ports).
-OURS = ("exact", "exact-unkept", "fast", "exact-btc", "fast-btc")
+OURS = ("exact", "exact-serial", "exact-unkept", "fast", "exact-btc", "exact-btc-serial", "fast-btc")
 MODES = ("baseline", "baseline-huge-pages", "baseline-btc", *OURS)
 DEFAULT_MODES = ("baseline", "baseline-huge-pages", "exact", "fast", "baseline-btc", "exact-btc", "fast-btc")
 
@@ -282,7 +284,8 @@ def run_ours(args: argparse.Namespace) -> dict[str, object]:
     started = time.perf_counter()
     analyzer = Analyzer(encoder=args.model_dir, checkpoint=args.heads, device=args.device,
                         fast=args.mode.startswith("fast"), allow_download=False,
-                        chords_checkpoint=args.btc if args.mode.endswith("-btc") else None)
+                        chords_checkpoint=args.btc if "-btc" in args.mode else None,
+                        overlap=not args.mode.endswith("-serial"))
     backends = [analyzer.chord_backend]
     if analyzer.model_chord_backend is not None and analyzer.model_chord_backend is not analyzer.chord_backend:
         backends.append(analyzer.model_chord_backend)

@@ -28,11 +28,14 @@ was trained with: music21 over the model's chords.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
+import itertools
 import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,6 +117,20 @@ def chords_in_window(chords: Sequence[ChordSpan], start: float, end: float) -> t
 
 def _no_progress(stage: str, fraction: float, detail: str) -> None:
     return None
+
+
+class _SerialProgress:
+    """A progress callback two threads may call: one call at a time, the fraction never going back."""
+
+    def __init__(self, report: ProgressCallback) -> None:
+        self._report = report
+        self._lock = threading.Lock()
+        self._fraction = 0.0
+
+    def __call__(self, stage: str, fraction: float, detail: str) -> None:
+        with self._lock:
+            self._fraction = max(self._fraction, float(fraction))
+            self._report(stage, self._fraction, detail)
 
 
 def _takes_tuning(backend: object) -> bool:
@@ -217,6 +234,9 @@ class Analyzer:
         Tags selected per track when the checkpoint carries no per-tag thresholds.
     allow_download : bool
         Whether missing weights may be downloaded.
+    overlap : bool
+        In :meth:`analyze`, recognise the chords in a worker thread while the encoder embeds the
+        track (default ``True``); the results are the same as one stage after the other.
 
     Raises
     ------
@@ -248,6 +268,7 @@ class Analyzer:
         allow_download: bool = True,
         max_bytes: int = MAX_FILE_BYTES,
         max_duration: float = MAX_DURATION_SECONDS,
+        overlap: bool = True,
     ) -> None:
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
@@ -256,6 +277,7 @@ class Analyzer:
         self.fast = fast
         self.max_bytes = max_bytes
         self.max_duration = max_duration
+        self.overlap = overlap
         self.segment_seconds = SEGMENT_SECONDS
         self.min_tail_seconds = MIN_TAIL_SECONDS
         if fast:
@@ -446,9 +468,14 @@ class Analyzer:
         ------
         AudioError
             The audio cannot be analysed (see :func:`m2e_core.audio.load_audio`).
+
+        Notes
+        -----
+        With emotion on and ``overlap`` (the default), the chords are recognised in a worker
+        thread while the encoder embeds: the same result as one stage after the other.
         """
-        report = progress or _no_progress
-        return self.complete(self.prepare(audio, progress=report), progress=report)
+        *_, analysis = self.iter_analyze(audio, progress=progress)
+        return analysis
 
     def prepare(self, audio: AudioInput, *, progress: ProgressCallback | None = None) -> PreparedTrack:
         """The first stages of :meth:`analyze`: decode, key and chords (no encoder, no heads).
@@ -524,11 +551,39 @@ class Analyzer:
                 key_timeline=stage.tonality.timeline,
                 pending=("chords", "emotion") if self.encoder is not None and self.heads is not None else ("chords",),
             )
-        yield from self.iter_complete(self._recognise_chords(stage, report), progress=report)
+        if not (self.overlap and self.emotion_enabled):
+            yield from self.iter_complete(self._recognise_chords(stage, report), progress=report)
+            return
+        # The chord stage (a third of a song's time on a CPU, most of it beside a GPU) runs in a
+        # worker thread while this one embeds; the heads wait for both. The chords item comes
+        # after the segment being embedded when they are ready, then every segment embedded so far.
+        serial = _SerialProgress(report)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m2e-chords")
+        wait = True
+        try:
+            # In the caller's context: a progress callback may rely on context variables (web apps).
+            chords = pool.submit(contextvars.copy_context().run, self._recognise_chords, stage, serial)
+            embeddings = self._iter_embeddings(stage.audio, serial)
+            embedded = []
+            for item in embeddings:
+                embedded.append(item)
+                if chords.done():
+                    break
+            yield from self._iter_emotion(chords.result(), itertools.chain(embedded, embeddings), serial)
+        except GeneratorExit:
+            wait = False  # the caller has gone (e.g. a closed browser tab): do not wait for the chords
+            raise
+        finally:
+            pool.shutdown(wait=wait, cancel_futures=True)
 
     def iter_complete(self, prepared: PreparedTrack, *, progress: ProgressCallback | None = None) -> Iterator[Analysis]:
         """:meth:`complete`, yielding the analysis as it grows (see :meth:`iter_analyze`)."""
         report = progress or _no_progress
+        yield from self._iter_emotion(prepared, None, report)
+
+    def _iter_emotion(self, prepared: PreparedTrack, embedded: Iterator[tuple[Segment, np.ndarray]] | None,
+                      report: ProgressCallback) -> Iterator[Analysis]:
+        """:meth:`iter_complete` over ``embedded`` (the segments' embeddings, computed here if ``None``)."""
         partial = Analysis(
             source=prepared.audio.source,
             duration=prepared.audio.duration,
@@ -553,7 +608,9 @@ class Analyzer:
         segments: list[SegmentEmotion] = []
         embeddings: list[np.ndarray] = []
         whole: list[np.ndarray] = []
-        for segment, embedding in self._iter_embeddings(prepared.audio, report):
+        if embedded is None:
+            embedded = self._iter_embeddings(prepared.audio, report)
+        for segment, embedding in embedded:
             if is_whole(segment, self.encoder.sample_rate, self.segment_seconds):
                 whole.append(embedding)
             window = chords_in_window(prepared.normalized_chords, segment.start, segment.end)

@@ -392,3 +392,52 @@ def test_the_model_reads_whole_windows_resampled_as_trained(analyzer, chord_back
     _, all_va = short.predict(embeddings.mean(axis=0, keepdims=True), roots[None], qualities[None], mode)
     assert analysis.track.emotion.valence == pytest.approx(float(whole_va[0, 0]), abs=1e-5)
     assert analysis.track.emotion.valence != pytest.approx(float(all_va[0, 0]), abs=1e-5)
+
+
+def test_chords_overlap_the_encoder_and_change_nothing(tiny_models, chord_backend, loop_files):
+    encoder_dir, heads = tiny_models
+    serial = Analyzer(encoder=encoder_dir, checkpoint=heads, chords=chord_backend, device="cpu", overlap=False)
+    overlapped = Analyzer(encoder=encoder_dir, checkpoint=heads, chords=chord_backend, device="cpu")
+    where: dict[str, set[str]] = {"chords": set(), "embed": set()}
+    recognise, embed = chord_backend.recognize, overlapped.encoder.embed
+    running = threading.Event()
+    seen_running = []
+
+    def recognise_slowly(*args, **kwargs):
+        where["chords"].add(threading.current_thread().name)
+        running.set()
+        try:
+            return recognise(*args, **kwargs)
+        finally:
+            running.clear()
+
+    def embed_noting(segments):
+        where["embed"].add(threading.current_thread().name)
+        seen_running.append(running.wait(timeout=30))
+        return embed(segments)
+
+    fractions = []
+    chord_backend.recognize = recognise_slowly
+    overlapped.encoder.embed = embed_noting
+    try:
+        analysis = overlapped.analyze(loop_files[0], progress=lambda stage, fraction, detail: fractions.append(fraction))
+    finally:
+        del chord_backend.recognize
+    assert analysis.to_dict() == serial.analyze(loop_files[0]).to_dict()
+    assert where["embed"] == {threading.current_thread().name}
+    assert where["chords"] and where["chords"].isdisjoint(where["embed"])
+    assert seen_running[0], "the first segment was embedded while no chord recognition was running"
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_an_encoder_failure_beside_the_chord_stage_is_raised(tiny_models, chord_backend, loop_files):
+    encoder_dir, heads = tiny_models
+    analyzer = Analyzer(encoder=encoder_dir, checkpoint=heads, chords=chord_backend, device="cpu")
+
+    def broken(segments):
+        raise ModelError("the encoder ran out of memory")
+
+    analyzer.encoder.embed = broken
+    with pytest.raises(ModelError, match="out of memory"):
+        analyzer.analyze(loop_files[0])
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("m2e-chords")]
